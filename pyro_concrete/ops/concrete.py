@@ -1,0 +1,145 @@
+"""Kernels of the categorical Concrete family: the fused sampler and the log-densities.
+
+Notation: ``logits`` θ ∈ R^K, ``temperature`` τ > 0, Gumbel noise ``G = -log E`` with
+``E ~ Exponential(1)``. A Concrete sample in log space is ``y = log_softmax((θ + G) / τ)``.
+
+Everything is computed in log space: at low temperature ``exp(y)`` underflows to exact
+zeros in float32 while ``y`` stays finite, so densities are always evaluated from ``y``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .noise import safe_log
+
+__all__ = [
+    "concrete_log_density",
+    "exp_concrete_log_density",
+    "exp_concrete_log_density_at_noise",
+    "gumbel_softmax_log_sample",
+]
+
+
+class _GumbelSoftmaxLogSample(torch.autograd.Function):
+    """``y = log_softmax((logits + gumbel) / temperature)`` and ``x = exp(y)``.
+
+    One fused node instead of torch's add/div/log_softmax/exp chain: the forward pass
+    writes into the caller's noise buffer, and the backward pass needs one full-size
+    temporary. Its backward is written in differentiable operations, so higher-order
+    gradients work too.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, temperature: Tensor, gumbel: Tensor) -> tuple[Tensor, Tensor]:
+        z = gumbel.add_(logits).div_(temperature)
+        y = torch.log_softmax(z, dim=-1)
+        x = y.exp()
+        ctx.save_for_backward(temperature, y, x)
+        ctx.set_materialize_grads(False)
+        return y, x
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor | None, grad_x: Tensor | None):
+        temperature, y, x = ctx.saved_tensors
+        # Gradient with respect to y, then through log_softmax to z = (θ + G) / τ.
+        if grad_x is None:
+            grad = grad_y.clone() if grad_y is not None else torch.zeros_like(y)
+        elif grad_y is None:
+            grad = grad_x * x
+        else:
+            grad = torch.addcmul(grad_y, grad_x, x)
+        # Through log_softmax: grad_z = grad - softmax(z) * sum(grad). `grad` is our own
+        # temporary, so update it in place unless a graph of the backward is being built.
+        row_sum = grad.sum(-1, keepdim=True)
+        if torch.is_grad_enabled():
+            grad = grad - x * row_sum
+        else:
+            grad.addcmul_(x, row_sum, value=-1.0)
+        grad_temperature = None
+        if ctx.needs_input_grad[1]:
+            # dz/dτ = -z/τ and sum_k grad_z,k z_k = sum_k grad_z,k y_k (grad_z sums to 0).
+            grad_temperature = -(grad * y).sum(-1, keepdim=True) / temperature
+        grad_logits = grad / temperature if ctx.needs_input_grad[0] else None
+        return grad_logits, grad_temperature, None
+
+
+def gumbel_softmax_log_sample(
+    logits: Tensor, temperature: Tensor, gumbel: Tensor, *, consume_noise: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Reparameterised ExpConcrete and Concrete sample from given Gumbel noise.
+
+    Args:
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities, broadcastable to
+            ``gumbel``.
+        temperature (Tensor): temperature broadcastable to ``gumbel.shape[:-1] + (1,)``.
+        gumbel (Tensor): standard Gumbel noise of the sample's shape ``(..., K)``.
+        consume_noise (bool): if True, ``gumbel`` is overwritten (saves a full-size
+            allocation); it must then be a buffer the caller owns.
+
+    Returns:
+        ``(y, x)`` with ``y = log_softmax((logits + gumbel) / temperature)`` (the
+        ExpConcrete sample) and ``x = exp(y)`` (the Concrete sample), both differentiable
+        with respect to ``logits`` and ``temperature``.
+
+    Example::
+
+        >>> g, _ = draw_gumbel(torch.Size([5, 3]), torch.float64, torch.device("cpu"))
+        >>> y, x = gumbel_softmax_log_sample(torch.zeros(3), torch.tensor(0.5), g)
+    """
+    if not consume_noise:
+        gumbel = gumbel.clone()
+    shape = gumbel.shape
+    logits = logits.expand(shape)
+    temperature = temperature.expand(shape[:-1] + (1,))
+    return _GumbelSoftmaxLogSample.apply(logits, temperature, gumbel)
+
+
+def _log_constant(num_categories: int, temperature: Tensor) -> Tensor:
+    """``lgamma(K) + (K - 1) log τ``, the normalising part of the Concrete density."""
+    return temperature.log() * (num_categories - 1) + math.lgamma(num_categories)
+
+
+def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
+    """ExpConcrete log-density of a log-simplex point ``value``.
+
+    ``log p(y) = lgamma K + (K-1) log τ + sum_k log_softmax(θ - τ y)_k``, which is the
+    textbook ``sum_k (θ_k - τ y_k) - K logsumexp_k(θ_k - τ y_k)`` written so that no large
+    terms cancel. The density is with respect to Lebesgue measure on the first ``K - 1``
+    coordinates.
+
+    Args:
+        value (Tensor): ``(..., K)`` log-probability vectors.
+        logits (Tensor): ``(..., K)``, broadcastable with ``value``.
+        temperature (Tensor): shape broadcastable with ``value.shape[:-1]``.
+    """
+    temperature = temperature.unsqueeze(-1)
+    scores = torch.log_softmax(logits - temperature * value, dim=-1)
+    return scores.sum(-1) + _log_constant(value.shape[-1], temperature.squeeze(-1))
+
+
+def exp_concrete_log_density_at_noise(
+    noise_log_density: Tensor, num_categories: int, temperature: Tensor
+) -> Tensor:
+    """ExpConcrete log-density of its own sample ``log_softmax((θ + G) / τ)``.
+
+    At that point ``θ_k - τ y_k = -G_k + c`` with ``c`` shared by all ``k``, so the
+    general formula collapses to ``lgamma K + (K-1) log τ + sum_k log E_k - K log sum_k E_k``
+    with ``E = exp(-G)``: no logits, no log-sum-exp over the sample, and exact even where
+    the sample's probabilities underflow. ``noise_log_density`` is the second returned
+    value of :func:`draw_gumbel`.
+    """
+    return noise_log_density + _log_constant(num_categories, temperature)
+
+
+def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
+    """Concrete log-density of a simplex point ``value``, computed through log space.
+
+    ``log p_X(x) = log p_Y(log x) - sum_k log x_k``; exact zeros in ``x`` (underflow)
+    are read as the smallest subnormal float (see :func:`safe_log`).
+    """
+    log_value = safe_log(value)
+    return exp_concrete_log_density(log_value, logits, temperature) - log_value.sum(-1)

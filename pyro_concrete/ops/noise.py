@@ -1,0 +1,48 @@
+"""Noise and safe logarithms shared by every sampler of the package."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["draw_gumbel", "safe_log"]
+
+
+def _smallest_subnormal(dtype: torch.dtype) -> float:
+    info = torch.finfo(dtype)
+    return info.smallest_normal * info.eps
+
+
+def safe_log(x: Tensor) -> Tensor:
+    """``log(x)`` with exact zeros read as the smallest positive float of ``x.dtype``.
+
+    A float that is exactly ``0.0`` carries no information beyond "smaller than the
+    smallest subnormal"; reading it as that number keeps densities and gradients finite
+    (clamping *before* the log keeps the backward pass free of ``0 * inf``).
+    """
+    return x.clamp_min(_smallest_subnormal(x.dtype)).log()
+
+
+def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Draws standard Gumbel noise and the ExpConcrete log-density it implies.
+
+    Uses ``G = -log(-log U)`` with ``U ~ Uniform[tiny, 1)``: a uniform draw is about 8x
+    cheaper than ``Tensor.exponential_`` on CPU, and starting the interval at the smallest
+    normal float removes the need to clamp ``U = 0`` afterwards. The tails are those of the
+    floating-point grid of ``U`` (``G`` in about [-4.5, 16.6] in float32, [-6.5, 36.7] in
+    float64), as for every sampler built on ``torch.rand``.
+
+    Returns:
+        gumbel (Tensor): noise of shape ``shape`` (a fresh buffer the caller owns).
+        noise_log_density (Tensor): ``sum_k log E_k - K log sum_k E_k`` of shape
+            ``shape[:-1]``, the part of the ExpConcrete log-density of the sample
+            ``log_softmax((θ + G) / τ)`` that depends on the noise only (see
+            :func:`exp_concrete_log_density_at_noise`).
+    """
+    tiny = torch.finfo(dtype).tiny
+    noise = torch.empty(shape, dtype=dtype, device=device).uniform_(tiny, 1.0)
+    noise.log_().neg_()  # E ~ Exponential(1), strictly positive
+    log_sum_e = noise.sum(-1).log_()
+    noise.log_()  # log E = -G
+    noise_log_density = noise.sum(-1).sub_(log_sum_e, alpha=shape[-1])
+    return noise.neg_(), noise_log_density
