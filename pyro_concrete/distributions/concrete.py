@@ -147,11 +147,18 @@ class ExpConcrete(_ConcreteFamily):
     log space when the temperature is low: ``y`` stays finite where ``exp(y)`` underflows,
     and the KL term of an ELBO computed between ExpConcrete densities is stable.
 
-    The density, with respect to Lebesgue measure on the first ``K - 1`` coordinates, is
+    The density is
 
     .. math::
         \log p(y) = \log\Gamma(K) + (K-1)\log\tau + \sum_k (\theta_k - \tau y_k)
                     - K \operatorname{logsumexp}_k(\theta_k - \tau y_k).
+
+    with respect to Lebesgue measure on the log-ratio coordinates ``u_k = y_k - y_K``,
+    ``k < K`` (equivalently the permutation-symmetric measure ``dx / prod_k x_k`` on the
+    simplex), the convention of torch's ``ExpRelaxedCategorical``. It is *not* a density of
+    the first ``K - 1`` coordinates of ``y``; it is the one for which
+    ``log p_X(x) = log p_Y(log x) - sum_k log x_k`` gives the :class:`Concrete` density, and
+    for which the bijection ``u -> log_softmax([u, 0])`` has unit Jacobian.
 
     At the distribution's own most recent sample (the same tensor, unmodified) the density
     is evaluated in the closed form ``lgamma K + (K-1) log τ + Σ log E_k - K log Σ E_k``
@@ -203,15 +210,17 @@ class Concrete(_ConcreteFamily):
     temperature, and ``x`` tends to that one-hot vector as the temperature goes to 0.
 
     Sampling goes through log space: ``x = exp(y)`` for the :class:`ExpConcrete` sample
-    ``y``. At low temperature many components of ``x`` underflow to exactly ``0.0`` (at
-    ``τ = 0.1, K = 100`` in float32, in every sample), where ``log x`` and hence the
-    textbook density are ``-inf``/NaN; torch's ``RelaxedOneHotCategorical`` returns NaN
-    there. ``log_prob`` is therefore computed from ``y``: for the distribution's own most
-    recent sample (the same tensor, unmodified) the distribution still holds ``y`` and
-    evaluates ``log p_Y(y) - Σ_k y_k`` exactly, with correct gradients. Any other value
-    ``x`` is scored as ``log p_Y(log x) - Σ log x`` with exact zeros read as the smallest
-    subnormal float: finite, and exact wherever ``x`` has no zeros. To score values with
-    underflowing components accurately, keep them in log space with :class:`ExpConcrete`.
+    ``y``. At low temperature most components of ``exp(y)`` underflow (at ``τ = 0.1,
+    K = 100`` in float32, in every sample): torch's ``RelaxedOneHotCategorical`` returns
+    exact ``0.0`` there and its ``log_prob`` is NaN. Here components below the smallest
+    normal float ``tiny`` are returned as ``tiny`` (an absolute change below ``1.2e-38``
+    in float32, and it spares CPU ``exp`` a 100x slow path), and ``log_prob`` is computed
+    from ``y``, never from ``log x``: for the distribution's own most recent sample (the
+    same tensor, unmodified) the distribution still holds ``y`` and evaluates
+    ``log p_Y(y) - Σ_k y_k`` exactly, with exact gradients. Any other value ``x`` is
+    scored as ``log p_Y(log x) - Σ log x`` with exact zeros read as the smallest subnormal
+    float: finite, and exact wherever ``x`` is above ``tiny``. To score values whose
+    components underflow accurately, keep them in log space with :class:`ExpConcrete`.
 
     The density is with respect to Lebesgue measure on the first ``K - 1`` coordinates.
 

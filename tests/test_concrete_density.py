@@ -1,0 +1,132 @@
+"""Densities of Concrete / ExpConcrete (issue 2, criterion 2)."""
+
+import numpy as np
+import pytest
+import reference
+import torch
+from scipy import integrate
+
+from pyro_concrete import Concrete, ExpConcrete
+
+LOGITS_3 = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_concrete_density_integrates_to_one_k2(temperature):
+    d = Concrete(temperature, logits=LOGITS_3[:2])
+
+    def density(x1):
+        return d.log_prob(torch.tensor([x1, 1.0 - x1], dtype=torch.float64)).exp().item()
+
+    total, err = integrate.quad(density, 0, 1, limit=400, epsabs=1e-10, epsrel=1e-10)
+    assert abs(total - 1) < 1e-6, (total, err)
+
+
+def test_concrete_density_integrates_to_one_k3():
+    d = Concrete(1.5, logits=LOGITS_3)
+
+    def density(x2, x1):
+        x3 = max(1.0 - x1 - x2, 0.0)
+        return d.log_prob(torch.tensor([x1, x2, x3], dtype=torch.float64)).exp().item()
+
+    total, err = integrate.dblquad(density, 0, 1, 0, lambda x1: 1 - x1, epsabs=1e-6, epsrel=1e-6)
+    assert abs(total - 1) < 1e-5, (total, err)
+
+
+def test_concrete_density_integrates_to_one_k3_low_temperature():
+    """At 2τ < 1 the density is unbounded at the edges: integrate in log-ratio coordinates
+    u = (log x1/x3, log x2/x3), where dx1 dx2 = x1 x2 x3 du1 du2."""
+    d = Concrete(0.4, logits=LOGITS_3)
+
+    def density(u2, u1):
+        x = torch.softmax(torch.tensor([u1, u2, 0.0], dtype=torch.float64), -1)
+        return (d.log_prob(x) + x.log().sum()).exp().item()
+
+    total, err = integrate.dblquad(density, -60, 60, -60, 60, epsabs=1e-7, epsrel=1e-7)
+    assert abs(total - 1) < 1e-5, (total, err)
+
+
+def _log_simplex_point(u):
+    """The log-simplex point with log-ratio coordinates u: y = log_softmax([u, 0])."""
+    return torch.log_softmax(torch.tensor([*u, 0.0], dtype=torch.float64), -1)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_exp_concrete_density_integrates_to_one_k2(temperature):
+    """The ExpConcrete density is a density of the log-ratio coordinate u = y_1 - y_2 on R."""
+    d = ExpConcrete(temperature, logits=LOGITS_3[:2])
+
+    def density(u):
+        return d.log_prob(_log_simplex_point([u])).exp().item()
+
+    total, err = integrate.quad(density, -np.inf, np.inf, limit=400, epsabs=1e-10, epsrel=1e-10)
+    assert abs(total - 1) < 1e-6, (total, err)
+
+
+def test_exp_concrete_density_integrates_to_one_k3():
+    d = ExpConcrete(1.3, logits=LOGITS_3)
+
+    def density(u2, u1):
+        return d.log_prob(_log_simplex_point([u1, u2])).exp().item()
+
+    total, err = integrate.dblquad(density, -40, 40, -40, 40, epsabs=1e-7, epsrel=1e-7)
+    assert abs(total - 1) < 1e-5, (total, err)
+
+
+def _assert_matches(library, ref):
+    for a, b in zip(library.reshape(-1).tolist(), ref, strict=True):
+        assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (a, b)
+
+
+@pytest.mark.parametrize("num_categories", [2, 5, 20])
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
+def test_log_prob_matches_float64_reference(num_categories, temperature):
+    logits = torch.randn(num_categories, dtype=torch.float64) * 2
+    theta = logits.numpy()
+    for cls, ref in (
+        (Concrete, reference.concrete_log_density),
+        (ExpConcrete, reference.exp_concrete_log_density),
+    ):
+        d = cls(temperature, logits=logits)
+        own = d.rsample((50,))
+        expected = [ref(v, theta, temperature) for v in own.numpy()]
+        _assert_matches(d.log_prob(own), expected)  # the own-sample (closed-form) route
+        _assert_matches(d.log_prob(own.clone()), expected)  # the general formula
+        # a sample of another distribution of the family
+        other = cls(2.0 * temperature, logits=torch.randn(num_categories, dtype=torch.float64)).sample((50,))
+        _assert_matches(d.log_prob(other), [ref(v, theta, temperature) for v in other.numpy()])
+
+
+def test_log_prob_depends_on_logits_only_up_to_a_constant():
+    value = Concrete(0.5, logits=LOGITS_3).sample((10,))
+    a = Concrete(0.5, logits=LOGITS_3).log_prob(value)
+    b = Concrete(0.5, logits=LOGITS_3 + 17.0).log_prob(value)
+    c = Concrete(0.5, probs=torch.softmax(LOGITS_3, -1)).log_prob(value)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete])
+def test_own_sample_route_equals_general_formula_with_gradients(cls):
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    d = cls(temperature, logits=logits)
+    torch.manual_seed(5)
+    closed = d.log_prob(d.rsample())
+    torch.manual_seed(5)
+    general = d.log_prob(d.rsample() + 0.0)  # a new tensor: scored by the general formula
+    torch.testing.assert_close(closed, general, rtol=1e-12, atol=1e-10)
+    for a, b in zip(
+        torch.autograd.grad(closed.sum(), (logits, temperature)),
+        torch.autograd.grad(general.sum(), (logits, temperature)),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_modified_sample_is_not_scored_as_the_own_sample():
+    d = Concrete(0.5, logits=LOGITS_3)
+    x = d.sample()
+    x.copy_(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64))  # in place: version changes
+    expected = reference.concrete_log_density(x.numpy(), LOGITS_3.numpy(), 0.5)
+    assert abs(d.log_prob(x).item() - expected) < 1e-9
