@@ -1,0 +1,415 @@
+"""Speed of pyro_concrete against torch's and Pyro's relaxed categoricals, in one interleaved run.
+
+For each shape (N, K), float32, three operations are timed:
+
+- ``rsample``   ``d.rsample()`` on a distribution built beforehand (logits a leaf tensor that
+                requires grad, so the autograd graph is recorded as in training);
+- ``log_prob``  ``d.log_prob(x)`` of a sample ``x`` drawn beforehand from the same ``d``;
+- ``full``      construction + ``rsample`` + ``log_prob`` + the gradient of
+                ``log_prob(x).sum() + (W * x).sum()`` (``W`` a fixed random matrix) with
+                respect to the logits and a temperature tensor that requires grad.
+
+``F.gumbel_softmax`` (soft and hard) has no density: its ``rsample`` is one call, its ``full``
+is the call + the gradient of ``(W * x).sum()`` alone, so that ratio favours it.
+
+Every round runs every (contender, operation) pair once, in a fresh random order, so machine
+noise hits all sides alike; medians are over rounds, after warm-up rounds. torch's default
+validation is left as it is (on) for everyone. Where a torch or Pyro class raises
+``ValueError`` on its own samples under that validation, the table says so and the pair is
+timed again with ``validate_args=False`` (marked ``*``: that favours the anchor).
+
+Run from the repository root::
+
+    python benchmarks/speed.py
+    python benchmarks/speed.py --shapes 4096x64 --repeats 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro.distributions as pyro_dist
+import torch
+import torch.nn.functional as F
+from _common import RESULTS_DIR, display_path, environment_lines, format_table, write_csv
+from torch.distributions import RelaxedOneHotCategorical
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
+from tqdm import tqdm
+
+import pyro_concrete
+
+SHAPES = ((4096, 10), (4096, 64), (1024, 1000), (65536, 2))
+OPERATIONS = ("rsample", "log_prob", "full")
+DTYPE = torch.float32
+
+Thunk = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    logits: torch.Tensor  # (N, K) leaf, requires grad
+    temperature: torch.Tensor  # scalar, no grad (rsample, log_prob)
+    temperature_grad: torch.Tensor  # scalar leaf, requires grad (full)
+    weights: torch.Tensor  # (N, K), the fixed linear function of the sample
+
+
+# -- contenders -------------------------------------------------------------------------
+
+
+class Contender:
+    """Builds, for one operation, a no-argument function that runs it once."""
+
+    name: str
+    ours: bool = False
+    baseline: str = "Concrete"  # the contender of ours it is compared with
+    operations: tuple[str, ...] = OPERATIONS
+
+    def build(self, operation: str, inputs: Inputs, validate: bool | None) -> Thunk:
+        raise NotImplementedError
+
+
+class DistributionContender(Contender):
+    def __init__(self, name: str, make, *, ours: bool = False, baseline: str = "Concrete") -> None:
+        self.name, self.make, self.ours, self.baseline = name, make, ours, baseline
+
+    def build(self, operation: str, inputs: Inputs, validate: bool | None) -> Thunk:
+        make, logits, weights = self.make, inputs.logits, inputs.weights
+        if operation == "rsample":
+            d = make(inputs.temperature, logits, validate)
+            return d.rsample
+        if operation == "log_prob":
+            d = make(inputs.temperature, logits, validate)
+            x = d.rsample()
+            return lambda: d.log_prob(x)
+        temperature = inputs.temperature_grad
+
+        def full():
+            d = make(temperature, logits, validate)
+            x = d.rsample()
+            loss = d.log_prob(x).sum() + (weights * x).sum()
+            return torch.autograd.grad(loss, (logits, temperature))
+
+        return full
+
+
+class GumbelSoftmaxContender(Contender):
+    operations = ("rsample", "full")
+
+    def __init__(self, hard: bool) -> None:
+        self.hard = hard
+        self.name = f"F.gumbel_softmax({'hard' if hard else 'soft'})"
+
+    def build(self, operation: str, inputs: Inputs, validate: bool | None) -> Thunk:
+        logits, hard, weights = inputs.logits, self.hard, inputs.weights
+        if operation == "rsample":
+            tau = float(inputs.temperature)
+            return lambda: F.gumbel_softmax(logits, tau=tau, hard=hard)
+        temperature = inputs.temperature_grad
+
+        def full():
+            x = F.gumbel_softmax(logits, tau=temperature, hard=hard)
+            return torch.autograd.grad((weights * x).sum(), (logits, temperature))
+
+        return full
+
+
+CONTENDERS: tuple[Contender, ...] = (
+    DistributionContender(
+        "Concrete",
+        lambda t, lg, v: pyro_concrete.Concrete(t, logits=lg, validate_args=v),
+        ours=True,
+    ),
+    DistributionContender(
+        "ExpConcrete",
+        lambda t, lg, v: pyro_concrete.ExpConcrete(t, logits=lg, validate_args=v),
+        ours=True,
+    ),
+    DistributionContender(
+        "torch RelaxedOneHotCategorical",
+        lambda t, lg, v: RelaxedOneHotCategorical(t, logits=lg, validate_args=v),
+    ),
+    DistributionContender(
+        "torch ExpRelaxedCategorical",
+        lambda t, lg, v: ExpRelaxedCategorical(t, logits=lg, validate_args=v),
+        baseline="ExpConcrete",
+    ),
+    GumbelSoftmaxContender(hard=False),
+    GumbelSoftmaxContender(hard=True),
+    DistributionContender(
+        "pyro RelaxedOneHotCatStraightThrough",
+        lambda t, lg, v: pyro_dist.RelaxedOneHotCategoricalStraightThrough(t, logits=lg, validate_args=v),
+    ),
+)
+
+
+# -- interleaved timing -----------------------------------------------------------------
+
+
+@dataclass
+class Task:
+    """One (contender, operation) pair at one shape, with its timings in seconds."""
+
+    contender: Contender
+    operation: str
+    inputs: Inputs
+    run: Thunk = field(init=False)
+    raised: str | None = None  # first line of the validation error, if any
+    times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.run = self.contender.build(self.operation, self.inputs, None)
+
+    def step(self) -> None:
+        """Runs once and records the time; on a validation error, switches validation off."""
+        try:
+            start = time.perf_counter()
+            self.run()
+            elapsed = time.perf_counter() - start
+        except ValueError as error:
+            if self.raised is not None or self.contender.ours:
+                raise  # ours must never raise on its own samples; anchors only switch once
+            self.raised = str(error).splitlines()[0]
+            self.run = self.contender.build(self.operation, self.inputs, False)
+            self.times.clear()
+            return
+        self.times.append(elapsed)
+
+
+def make_inputs(n: int, k: int, temperature: float, generator: torch.Generator) -> Inputs:
+    logits = torch.randn(n, k, generator=generator, dtype=DTYPE).requires_grad_()
+    return Inputs(
+        logits=logits,
+        temperature=torch.tensor(temperature, dtype=DTYPE),
+        temperature_grad=torch.tensor(temperature, dtype=DTYPE, requires_grad=True),
+        weights=torch.randn(n, k, generator=generator, dtype=DTYPE),
+    )
+
+
+def time_shape(tasks: list[Task], repeats: int, warmup: int, rng: random.Random, progress) -> None:
+    """Rounds over all tasks in a fresh random order until each has ``repeats`` timings."""
+    for _ in range(warmup):
+        for task in rng.sample(tasks, len(tasks)):
+            task.step()
+    for task in tasks:
+        if task.raised is None:
+            task.times.clear()  # warm-up timings are not kept
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(2 * repeats + warmup):  # bound: a task restarts at most once
+            if min(len(t.times) for t in tasks) >= repeats:
+                break
+            for task in rng.sample(tasks, len(tasks)):
+                task.step()
+            progress.update(1)
+    finally:
+        gc.enable()
+
+
+# -- report -----------------------------------------------------------------------------
+
+
+def median_ms(task: Task) -> float:
+    return 1e3 * statistics.median(task.times)
+
+
+def relative_iqr(task: Task) -> float:
+    q1, _, q3 = statistics.quantiles(task.times, n=4)
+    return (q3 - q1) / statistics.median(task.times)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 4096x64, got {text!r}") from None
+    if n < 1 or k < 2:
+        raise argparse.ArgumentTypeError(f"need N >= 1 and K >= 2, got {text!r}")
+    return n, k
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--shapes",
+        type=parse_shape,
+        nargs="+",
+        default=[f"{n}x{k}" for n, k in SHAPES],
+        metavar="NxK",
+        help="sample shapes (N rows of K categories)",
+    )
+    parser.add_argument("--repeats", type=int, default=200, help="timed rounds per shape (median over these)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed rounds per shape")
+    parser.add_argument("--temperature", type=float, default=0.5, help="temperature of every contender")
+    parser.add_argument("--threads", type=int, help="torch threads (torch's own choice when not given)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, the noise and the order")
+    parser.add_argument("--csv", default=str(RESULTS_DIR / "speed.csv"), help="where to write the timings")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]  # the defaults
+    if args.repeats < 3 or args.warmup < 1 or args.temperature <= 0:
+        parser.error("need --repeats >= 3, --warmup >= 1 and --temperature > 0")
+    return args
+
+
+def ratio_text(anchor: Task, ours: Task | None) -> str:
+    if ours is None or anchor is ours:
+        return "-"
+    return f"{median_ms(anchor) / median_ms(ours):.2f}" + ("*" if anchor.raised else "")
+
+
+def summarize_raised(raised: list[tuple[str, str, str, str]]) -> list[str]:
+    """One line per contender and shape that raised, then each distinct error message once."""
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for shape, name, op, _ in raised:
+        by_pair.setdefault((name, shape), []).append(op)
+    lines = [f"{name} at {shape}: {', '.join(ops)}" for (name, shape), ops in by_pair.items()]
+    # Messages name the shape; show each kind once, without it.
+    messages = {re.sub(r"\(Tensor of shape \([^)]*\)\)", "(Tensor)", m) for *_, m in raised}
+    return lines + [f"error: {m}" for m in sorted(messages)]
+
+
+def check_targets(results: dict[tuple[int, int], dict[tuple[str, str], Task]]) -> list[list[str]]:
+    """Rows (target, shape, measured ratio, verdict) for the issue's speed targets."""
+
+    def ratio(shape, anchor: str, operation: str) -> tuple[str, bool | None]:
+        tasks = results.get(shape)
+        if tasks is None:
+            return "not run", None
+        value = median_ms(tasks[anchor, operation]) / median_ms(tasks["Concrete", operation])
+        return f"{value:.2f}" + ("*" if tasks[anchor, operation].raised else ""), value
+
+    rows = []
+    targets = [
+        (
+            "full: RelaxedOneHotCategorical / Concrete >= 3",
+            [(4096, 64)],
+            "torch RelaxedOneHotCategorical",
+            3.0,
+        ),
+        (
+            "full: RelaxedOneHotCategorical / Concrete >= 1.5",
+            SHAPES,
+            "torch RelaxedOneHotCategorical",
+            1.5,
+        ),
+        ("rsample: F.gumbel_softmax(soft) / Concrete >= 3", SHAPES, "F.gumbel_softmax(soft)", 3.0),
+    ]
+    for label, shapes, anchor, threshold in targets:
+        operation = label.split(":")[0]
+        for shape in shapes:
+            text, value = ratio(shape, anchor, operation)
+            verdict = "?" if value is None else ("met" if value >= threshold else "MISSED")
+            rows.append([label, f"{shape[0]}x{shape[1]}", text, verdict])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    torch.manual_seed(args.seed)
+    results: dict[tuple[int, int], dict[tuple[str, str], Task]] = {}
+    started = time.perf_counter()
+    with tqdm(
+        total=len(args.shapes) * args.repeats,
+        desc="rounds",
+        leave=False,
+        disable=args.no_progress,
+        file=sys.stderr,
+    ) as progress:
+        for n, k in args.shapes:
+            inputs = make_inputs(n, k, args.temperature, generator)
+            tasks = [Task(c, op, inputs) for c in CONTENDERS for op in c.operations]
+            time_shape(tasks, args.repeats, args.warmup, rng, progress)
+            results[n, k] = {(t.contender.name, t.operation): t for t in tasks}
+            del tasks, inputs
+            gc.collect()
+    elapsed = time.perf_counter() - started
+
+    print("Median time (ms) per call, float32; ratio = anchor time / time of ours (> 1: ours faster)")
+    print(
+        f"temperature {args.temperature:g}, {args.repeats} interleaved rounds after {args.warmup} warm-up "
+        f"rounds per shape, seed {args.seed}; run time {elapsed:.0f} s"
+    )
+    for line in environment_lines():
+        print(line)
+    print()
+
+    headers = ["shape", "contender"]
+    for op in OPERATIONS:
+        headers += [f"{op} ms", "ratio"]
+    table, csv_rows, raised = [], [], []
+    for (n, k), tasks in results.items():
+        for contender in CONTENDERS:
+            row = [f"{n}x{k}", contender.name + (" (ours)" if contender.ours else "")]
+            for op in OPERATIONS:
+                task = tasks.get((contender.name, op))
+                if task is None:
+                    row += ["n/a", ""]
+                    continue
+                ours = tasks[contender.baseline, op]
+                row += [f"{median_ms(task):.3f}" + ("*" if task.raised else ""), ratio_text(task, ours)]
+                if task.raised:
+                    raised.append((f"{n}x{k}", contender.name, op, task.raised))
+                csv_rows.append(
+                    {
+                        "N": n,
+                        "K": k,
+                        "operation": op,
+                        "contender": contender.name,
+                        "ours": contender.ours,
+                        "median_ms": median_ms(task),
+                        "relative_iqr": relative_iqr(task),
+                        "rounds": len(task.times),
+                        "ratio_vs_ours": median_ms(task) / median_ms(ours),
+                        "compared_with": contender.baseline,
+                        "validation": "raised; timed with validate_args=False"
+                        if task.raised
+                        else "default (on)",
+                        "temperature": args.temperature,
+                        "dtype": "float32",
+                        "torch": torch.__version__,
+                        "threads": torch.get_num_threads(),
+                    }
+                )
+            table.append(row)
+    print(format_table(headers, table, left=2))
+    print()
+    print("ratio: against Concrete (ours), except torch ExpRelaxedCategorical: against ExpConcrete (ours).")
+    print("F.gumbel_softmax has no log_prob: its 'full' is the sample + backward of (W * x).sum() only.")
+    print("Ours score their own latest sample in closed form from the noise drawn by rsample (see the")
+    print("ExpConcrete docstring), so part of log_prob's work is in rsample: 'full' is the fair total.")
+    if raised:
+        print("* raised ValueError on its own samples under torch's default validation; timed again with")
+        print("  validate_args=False (which favours the anchor):")
+        for line in summarize_raised(raised):
+            print(f"  {line}")
+    iqrs = sorted(relative_iqr(t) for tasks in results.values() for t in tasks.values())
+    print(
+        f"noise: (p75 - p25) / median of the per-call times: median {100 * statistics.median(iqrs):.0f}%, "
+        f"max {100 * iqrs[-1]:.0f}% over the {len(iqrs)} timed pairs"
+    )
+    print()
+    print("Targets of the issue (* as above):")
+    print(format_table(["target", "shape", "measured", "verdict"], check_targets(results), left=2))
+    path = write_csv(Path(args.csv), csv_rows)
+    print(f"\nwrote {display_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
