@@ -5,8 +5,17 @@ and ``transform_to``.
 """
 
 from . import constraints, ops
-from .distributions import Concrete, ExpConcrete, GumbelSoftmax
+from .distributions import BinaryConcrete, Concrete, ExpConcrete, GumbelSoftmax, LogitBinaryConcrete
 
 __version__ = "0.1.0"
 
-__all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax", "__version__", "constraints", "ops"]
+__all__ = [
+    "BinaryConcrete",
+    "Concrete",
+    "ExpConcrete",
+    "GumbelSoftmax",
+    "LogitBinaryConcrete",
+    "__version__",
+    "constraints",
+    "ops",
+]

@@ -3,23 +3,35 @@
 Every distribution of the package samples and scores through these functions, and they
 are usable on their own in a plain PyTorch training loop. One submodule per role:
 
-- :mod:`.noise`: Gumbel noise and safe logarithms;
-- :mod:`.concrete`: the categorical Concrete sampler and log-densities.
+- :mod:`.noise`: Gumbel and Logistic noise, safe logarithms;
+- :mod:`.concrete`: the categorical Concrete sampler and log-densities;
+- :mod:`.binary`: the binary Concrete sampler and log-densities.
 """
 
+from .binary import (
+    binary_concrete_log_density,
+    binary_concrete_log_density_at_logit,
+    binary_concrete_logit_sample,
+    logit_binary_concrete_log_density,
+)
 from .concrete import (
     concrete_log_density,
     exp_concrete_log_density,
     exp_concrete_log_density_at_noise,
     gumbel_softmax_log_sample,
 )
-from .noise import draw_gumbel, safe_log
+from .noise import draw_gumbel, draw_logistic, safe_log
 
 __all__ = [
+    "binary_concrete_log_density",
+    "binary_concrete_log_density_at_logit",
+    "binary_concrete_logit_sample",
     "concrete_log_density",
     "draw_gumbel",
+    "draw_logistic",
     "exp_concrete_log_density",
     "exp_concrete_log_density_at_noise",
     "gumbel_softmax_log_sample",
+    "logit_binary_concrete_log_density",
     "safe_log",
 ]

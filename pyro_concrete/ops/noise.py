@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["draw_gumbel", "safe_log"]
+__all__ = ["draw_gumbel", "draw_logistic", "safe_log"]
 
 
 def _smallest_subnormal(dtype: torch.dtype) -> float:
@@ -46,3 +46,36 @@ def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
     noise.log_()  # log E = -G
     noise_log_density = noise.sum(-1).sub_(log_sum_e, alpha=shape[-1])
     return noise.neg_(), noise_log_density
+
+
+def draw_logistic(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Draws standard Logistic noise ``L = log U - log(1 - U)``, ``U ~ Uniform(0, 1)``.
+
+    One ``uniform_`` pass and one in-place ``logit_`` pass on a single buffer (a uniform
+    draw is about 8x cheaper than ``Tensor.exponential_`` on CPU). ``logit_`` first clamps
+    ``U`` to ``[eps/2, 1 - eps/2]`` (``eps`` of ``dtype``): ``U = 0`` (drawn with
+    probability ``eps/2``) becomes the next point of ``torch.rand``'s grid, and ``1 - U``
+    can never be ``0`` even where a backend rounds a uniform draw up to ``1``, so ``L`` is
+    always finite. Its tails are symmetric and those of the uniform grid: ``|L| <= 16.64``
+    in float32, ``<= 36.74`` in float64 (the exact tail beyond is ``P(|L| > 16.64) = 1.2e-7``).
+    Half-precision noise is drawn in float32 and rounded.
+
+    Args:
+        shape (torch.Size): shape of the noise.
+        dtype (torch.dtype): a floating dtype.
+        device (torch.device): where to draw it.
+
+    Returns:
+        Tensor: noise of shape ``shape`` (a fresh buffer the caller owns).
+
+    Example::
+
+        >>> L = draw_logistic(torch.Size([1000]), torch.float32, torch.device("cpu"))
+        >>> y = (L + 0.3) / 0.5          # a LogitBinaryConcrete(0.5, logits=0.3) sample
+    """
+    if torch.finfo(dtype).bits < 32:
+        # The grid of a half-precision uniform draw would cut the tails at |L| <= 7.6
+        # (float16) or 5.5 (bfloat16), visibly shrinking the variance: draw in float32.
+        return draw_logistic(shape, torch.float32, device).to(dtype)
+    half_eps = torch.finfo(dtype).eps / 2
+    return torch.empty(shape, dtype=dtype, device=device).uniform_().logit_(half_eps)
