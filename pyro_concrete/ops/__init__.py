@@ -5,7 +5,8 @@ are usable on their own in a plain PyTorch training loop. One submodule per role
 
 - :mod:`.noise`: Gumbel and Logistic noise, safe logarithms;
 - :mod:`.concrete`: the categorical Concrete sampler and log-densities;
-- :mod:`.binary`: the binary Concrete sampler and log-densities.
+- :mod:`.binary`: the binary Concrete sampler and log-densities;
+- :mod:`.straight_through`: hard samples with the ST, Gumbel-Rao and ReinMax gradients.
 """
 
 from .binary import (
@@ -21,12 +22,25 @@ from .concrete import (
     gumbel_softmax_log_sample,
 )
 from .noise import draw_gumbel, draw_logistic, safe_log
+from .straight_through import (
+    ESTIMATORS,
+    binary_straight_through_sample,
+    check_estimator,
+    conditional_gumbel,
+    conditional_logistic,
+    straight_through_sample,
+)
 
 __all__ = [
+    "ESTIMATORS",
     "binary_concrete_log_density",
     "binary_concrete_log_density_at_logit",
     "binary_concrete_logit_sample",
+    "binary_straight_through_sample",
+    "check_estimator",
     "concrete_log_density",
+    "conditional_gumbel",
+    "conditional_logistic",
     "draw_gumbel",
     "draw_logistic",
     "exp_concrete_log_density",
@@ -34,4 +48,5 @@ __all__ = [
     "gumbel_softmax_log_sample",
     "logit_binary_concrete_log_density",
     "safe_log",
+    "straight_through_sample",
 ]
