@@ -5,13 +5,23 @@ and ``transform_to``.
 """
 
 from . import constraints, ops
-from .distributions import BinaryConcrete, Concrete, ExpConcrete, GumbelSoftmax, LogitBinaryConcrete
+from .distributions import (
+    BinaryConcrete,
+    BinaryConcreteStraightThrough,
+    Concrete,
+    ConcreteStraightThrough,
+    ExpConcrete,
+    GumbelSoftmax,
+    LogitBinaryConcrete,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BinaryConcrete",
+    "BinaryConcreteStraightThrough",
     "Concrete",
+    "ConcreteStraightThrough",
     "ExpConcrete",
     "GumbelSoftmax",
     "LogitBinaryConcrete",

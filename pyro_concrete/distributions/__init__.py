@@ -2,5 +2,14 @@
 
 from .binary import BinaryConcrete, LogitBinaryConcrete
 from .concrete import Concrete, ExpConcrete, GumbelSoftmax
+from .straight_through import BinaryConcreteStraightThrough, ConcreteStraightThrough
 
-__all__ = ["BinaryConcrete", "Concrete", "ExpConcrete", "GumbelSoftmax", "LogitBinaryConcrete"]
+__all__ = [
+    "BinaryConcrete",
+    "BinaryConcreteStraightThrough",
+    "Concrete",
+    "ConcreteStraightThrough",
+    "ExpConcrete",
+    "GumbelSoftmax",
+    "LogitBinaryConcrete",
+]

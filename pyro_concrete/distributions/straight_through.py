@@ -1,0 +1,291 @@
+"""The straight-through family: exact discrete samples with relaxed gradients.
+
+:class:`ConcreteStraightThrough` and :class:`BinaryConcreteStraightThrough` are discrete
+distributions (one-hot categorical, Bernoulli) whose ``rsample`` carries a gradient
+estimator; the estimators live in :mod:`pyro_concrete.ops.straight_through`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+from torch.distributions import constraints as torch_constraints
+from torch.distributions.utils import lazy_property
+
+from .. import constraints, ops
+from ._parameters import Number, concrete_parameters, temperature_batch_shape
+
+__all__ = ["BinaryConcreteStraightThrough", "ConcreteStraightThrough"]
+
+
+class _StraightThroughFamily(TorchDistribution):
+    """Parameters, estimator choice, shapes, ``expand`` and ``repr`` shared by both classes."""
+
+    has_rsample = True
+    has_enumerate_support = True
+    _event_dim: int  # 1 (one-hot categorical) or 0 (Bernoulli)
+
+    def __init__(
+        self,
+        temperature: Tensor | Number,
+        logits: Tensor | None = None,
+        probs: Tensor | None = None,
+        estimator: str = "st",
+        rao_samples: int = 10,
+        validate_args: bool | None = None,
+    ) -> None:
+        ops.check_estimator(estimator, rao_samples)
+        validate = self._validate_args if validate_args is None else validate_args
+        params = concrete_parameters(temperature, logits, probs, event_dim=self._event_dim, validate=validate)
+        self.temperature = params.temperature
+        self.logits = params.logits
+        if params.probs is not None:
+            self.probs = params.probs
+        self.estimator = estimator
+        self.rao_samples = int(rao_samples)
+        # Values were checked above; keep the caller's validate_args choice (as Concrete does).
+        super().__init__(params.batch_shape, params.event_shape, validate_args=False)
+        if validate_args is None:
+            del self._validate_args  # follow torch's global default, as torch does
+        else:
+            self._validate_args = validate_args
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self._event_shape)
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(batch_shape + self._event_shape)
+        new.estimator = self.estimator
+        new.rao_samples = self.rao_samples
+        TorchDistribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
+        new.__dict__.pop("_validate_args")
+        if "_validate_args" in self.__dict__:
+            new._validate_args = self._validate_args
+        return new
+
+    def __repr__(self) -> str:
+        t = self.temperature
+        temperature = (
+            f"{t.reshape(-1)[0].item():g}"
+            if t.numel() and (t == t.reshape(-1)[0]).all()
+            else f"Tensor{tuple(t.shape)}"
+        )
+        rao = f", rao_samples: {self.rao_samples}" if self.estimator == "gumbel_rao" else ""
+        return (
+            f"{type(self).__name__}(temperature: {temperature}, logits: Tensor{tuple(self.logits.shape)}, "
+            f"estimator: {self.estimator!r}{rao}, batch_shape: {tuple(self.batch_shape)}, "
+            f"event_shape: {tuple(self.event_shape)})"
+        )
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def _sample_kwargs(self, sample_shape) -> dict:
+        return {
+            "estimator": self.estimator,
+            "rao_samples": self.rao_samples,
+            "sample_shape": torch.Size(sample_shape),
+            "validate": False,  # checked in __init__
+        }
+
+
+class ConcreteStraightThrough(_StraightThroughFamily):
+    r"""A one-hot categorical distribution whose ``rsample`` carries a relaxed gradient.
+
+    Samples are one-hot vectors with entries exactly ``0.0`` and ``1.0``, distributed as
+    ``OneHotCategorical(logits=logits)``; ``log_prob`` is the exact discrete
+    log-probability ``log softmax(logits)[argmax value]``, so an ELBO built with it is an
+    honest estimate for a discrete model. The gradient of ``rsample`` with respect to
+    ``logits`` and ``temperature`` is the chosen estimator's:
+
+    - ``"st"``: straight-through Gumbel-Softmax (Jang et al. 2017), the Jacobian of the
+      soft sample ``softmax((logits + G) / temperature)``;
+    - ``"gumbel_rao"``: Gumbel-Rao (Paulus et al. 2020), the ST gradient averaged over
+      ``rao_samples`` draws of the Gumbel noise given the sample: same expectation as
+      ``"st"``, lower variance, about ``rao_samples`` times the sampling cost;
+    - ``"reinmax"``: ReinMax (Liu et al. 2023), a second-order correction of ST (no
+      gradient for the temperature; its authors recommend ``temperature >= 1``).
+
+    Nothing is stored on the sample tensor: copies, views, casts and detached samples are
+    scored like the original. Unlike Pyro's ``RelaxedOneHotCategoricalStraightThrough``,
+    ``sample()`` returns hard values too, and ``expand`` keeps the class and estimator.
+
+    Args:
+        temperature (float or Tensor): positive temperature of the relaxation, one per
+            batch element (broadcasting rule as in :class:`~pyro_concrete.Concrete`).
+            May require grad.
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (finite).
+        probs (Tensor): ``(..., K)`` strictly positive probabilities summing to one.
+        estimator (str): ``"st"``, ``"gumbel_rao"`` or ``"reinmax"``.
+        rao_samples (int): conditional noise draws of ``"gumbel_rao"`` (>= 1).
+        validate_args (bool, optional): whether to validate arguments and values.
+
+    Example::
+
+        >>> d = ConcreteStraightThrough(0.5, logits=torch.randn(4, 3, requires_grad=True),
+        ...                             estimator="gumbel_rao")
+        >>> z = d.rsample()              # (4, 3), exactly one-hot
+        >>> d.log_prob(z).shape          # log softmax(logits) at the sampled categories
+        torch.Size([4])
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive_finite,
+        "logits": torch_constraints.real_vector,
+        "probs": constraints.simplex,
+    }
+    support = torch_constraints.one_hot
+    _event_dim = 1
+
+    @classmethod
+    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
+        """Batch and event shapes from argument shapes, with the temperature rule of ``__init__``."""
+        shape = torch.Size(logits if logits is not None else probs)
+        t_shape = temperature_batch_shape(torch.Size(temperature), shape, event_dim=1)
+        return torch.broadcast_shapes(shape[:-1], t_shape), shape[-1:]
+
+    @property
+    def num_categories(self) -> int:
+        return self._event_shape[0]
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return torch.softmax(self.logits, dim=-1)
+
+    @property
+    def log_probs(self) -> Tensor:
+        """``log softmax(logits)``, normalised as ``torch.distributions.Categorical`` does.
+
+        Recomputed on each access (batch-sized, cheap), so that every ``log_prob`` call has
+        its own autograd graph.
+        """
+        return self.logits - self.logits.logsumexp(dim=-1, keepdim=True)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        index = self.logits.argmax(-1, keepdim=True)
+        return torch.zeros_like(self.logits).scatter_(-1, index, 1.0)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.probs * (1 - self.probs)
+
+    def entropy(self) -> Tensor:
+        return -(self.probs * self.log_probs).sum(-1)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return ops.straight_through_sample(self.logits, self.temperature, **self._sample_kwargs(sample_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``log softmax(logits)`` at the category of the one-hot ``value``.
+
+        Computed as ``sum_k value_k log p_k``: exact for one-hot values (a single nonzero
+        term), and for other values (only without validation) the cross-entropy.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
+        return (value * self.log_probs).sum(-1)
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        k = self.num_categories
+        values = torch.eye(k, dtype=self.logits.dtype, device=self.logits.device)
+        values = values.reshape((k,) + (1,) * len(self.batch_shape) + (k,))
+        if expand:
+            values = values.expand((k,) + self.batch_shape + (k,))
+        return values
+
+
+class BinaryConcreteStraightThrough(_StraightThroughFamily):
+    r"""A Bernoulli distribution whose ``rsample`` carries a relaxed gradient.
+
+    Samples are exactly ``0.0`` or ``1.0``, distributed as ``Bernoulli(logits=logits)``;
+    ``log_prob`` is the Bernoulli log-probability ``log sigmoid(±logits)``, computed from
+    the logits without clamping (finite for logits of any size). The estimators are the
+    two-class cases of those of :class:`ConcreteStraightThrough`: ``"st"`` differentiates
+    the binary Concrete sample ``sigmoid((logits + L) / temperature)`` (``L`` standard
+    Logistic noise), ``"gumbel_rao"`` averages that over ``rao_samples`` draws of ``L``
+    given the outcome, ``"reinmax"`` is ReinMax with logits ``(logits, 0)``.
+
+    Args:
+        temperature (float or Tensor): positive, broadcastable with ``logits``. May
+            require grad.
+        logits (Tensor): log-odds (finite).
+        probs (Tensor): probabilities of ``1``, in the open interval ``(0, 1)``.
+        estimator (str): ``"st"``, ``"gumbel_rao"`` or ``"reinmax"``.
+        rao_samples (int): conditional noise draws of ``"gumbel_rao"`` (>= 1).
+        validate_args (bool, optional): whether to validate arguments and values.
+
+    Example::
+
+        >>> d = BinaryConcreteStraightThrough(0.3, logits=torch.zeros(5, requires_grad=True))
+        >>> b = d.rsample((10,))         # (10, 5) of exact 0.0 / 1.0
+        >>> d.log_prob(b).sum().backward()
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive_finite,
+        "logits": torch_constraints.real,
+        "probs": torch_constraints.unit_interval,  # validated as the open interval
+    }
+    support = torch_constraints.boolean
+    _event_dim = 0
+
+    @classmethod
+    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
+        shape = torch.Size(logits if logits is not None else probs)
+        return torch.broadcast_shapes(shape, torch.Size(temperature)), torch.Size()
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    @property
+    def _log_p1(self) -> Tensor:
+        return F.logsigmoid(self.logits)  # -softplus(-θ), exact for any θ
+
+    @property
+    def _log_p0(self) -> Tensor:
+        return F.logsigmoid(-self.logits)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.probs
+
+    @property
+    def mode(self) -> Tensor:
+        return (self.logits > 0).to(self.logits.dtype)
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.sigmoid(self.logits) * torch.sigmoid(-self.logits)
+
+    def entropy(self) -> Tensor:
+        p = self.probs
+        return -(p * self._log_p1 + (1 - p) * self._log_p0)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return ops.binary_straight_through_sample(
+            self.logits, self.temperature, **self._sample_kwargs(sample_shape)
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """``value · log p + (1 - value) · log(1 - p)``: exact for 0/1 values."""
+        if self._validate_args:
+            self._validate_sample(value)
+        return value * self._log_p1 + (1 - value) * self._log_p0
+
+    def enumerate_support(self, expand: bool = True) -> Tensor:
+        values = torch.tensor([0.0, 1.0], dtype=self.logits.dtype, device=self.logits.device)
+        values = values.reshape((2,) + (1,) * len(self.batch_shape))
+        if expand:
+            values = values.expand((2,) + self.batch_shape)
+        return values
