@@ -130,3 +130,24 @@ def test_modified_sample_is_not_scored_as_the_own_sample():
     x.copy_(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64))  # in place: version changes
     expected = reference.concrete_log_density(x.numpy(), LOGITS_3.numpy(), 0.5)
     assert abs(d.log_prob(x).item() - expected) < 1e-9
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete])
+def test_score_of_a_sample_drawn_without_graph(cls):
+    """log_prob(sample()) must give the score d log p(x) / d params at the fixed x (REINFORCE)."""
+    logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    d = cls(temperature, logits=logits)
+    with torch.no_grad():
+        no_grad_sample = d.rsample()
+    for value in (d.sample(), no_grad_sample):
+        own = d.log_prob(value)
+        copy = d.log_prob(value.clone())
+        torch.testing.assert_close(own, copy, rtol=1e-12, atol=1e-10)
+        for a, b in zip(
+            torch.autograd.grad(own.sum(), (logits, temperature)),
+            torch.autograd.grad(copy.sum(), (logits, temperature)),
+            strict=True,
+        ):
+            assert b.abs().max() > 0
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

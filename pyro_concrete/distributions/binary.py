@@ -5,20 +5,19 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.utils import lazy_property
 
 from .. import constraints, ops
+from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
-from ._parameters import Number, concrete_parameters
 
 __all__ = ["BinaryConcrete", "LogitBinaryConcrete"]
 
 
-class _BinaryConcreteFamily(OwnSampleMemory, TorchDistribution):
-    """Parameters, shapes, expand, pickling and sampling shared by both classes."""
+class _BinaryConcreteFamily(OwnSampleMemory, TemperedDistribution):
+    """Sampling shared by both classes (parameters, expand, repr: see TemperedDistribution)."""
 
     arg_constraints = {
         "temperature": constraints.positive_finite,
@@ -26,65 +25,17 @@ class _BinaryConcreteFamily(OwnSampleMemory, TorchDistribution):
         "probs": torch_constraints.unit_interval,  # validated as the open interval
     }
     has_rsample = True
-
-    def __init__(
-        self,
-        temperature: Tensor | Number,
-        logits: Tensor | Number | None = None,
-        probs: Tensor | Number | None = None,
-        validate_args: bool | None = None,
-    ) -> None:
-        validate = self._validate_args if validate_args is None else validate_args
-        params = concrete_parameters(temperature, logits, probs, event_dim=0, validate=validate)
-        self.temperature = params.temperature
-        self.logits = params.logits
-        if params.probs is not None:
-            self.probs = params.probs
-        # Values were checked above (one message per argument); keep the caller's choice.
-        super().__init__(params.batch_shape, validate_args=False)
-        if validate_args is None:
-            del self._validate_args  # follow torch's global default, as torch does
-        else:
-            self._validate_args = validate_args
+    _event_dim = 0
 
     @lazy_property
     def probs(self) -> Tensor:
         """``sigmoid(logits)``, the probability that the relaxed variable is near 1."""
         return torch.sigmoid(self.logits)
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature.expand(batch_shape)
-        new.logits = self.logits.expand(batch_shape)
-        if "probs" in self.__dict__:
-            new.probs = self.probs.expand(batch_shape)
-        TorchDistribution.__init__(new, batch_shape, validate_args=False)
-        new.__dict__.pop("_validate_args")
-        if "_validate_args" in self.__dict__:
-            new._validate_args = self._validate_args
-        return new
-
-    def __repr__(self) -> str:
-        t = self.temperature
-        temperature = (
-            f"{t.reshape(-1)[0].item():g}"
-            if t.numel() and (t == t.reshape(-1)[0]).all()
-            else f"Tensor{tuple(t.shape)}"
-        )
-        return (
-            f"{type(self).__name__}(temperature: {temperature}, logits: Tensor{tuple(self.logits.shape)}, "
-            f"batch_shape: {tuple(self.batch_shape)})"
-        )
-
     def _logit_rsample(self, sample_shape) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         noise = ops.draw_logistic(shape, self.logits.dtype, self.logits.device)
         return ops.binary_concrete_logit_sample(self.logits, self.temperature, noise, consume_noise=True)
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
 
 
 class LogitBinaryConcrete(_BinaryConcreteFamily):

@@ -5,34 +5,25 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.utils import lazy_property
 
 from .. import constraints, ops
-from ._parameters import Number, concrete_parameters, temperature_batch_shape
+from ._base import TemperedDistribution
+from ._own_sample import OwnSampleMemory
+from ._parameters import temperature_batch_shape
 
 __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
 
 
 class _OwnSample(NamedTuple):
-    """What a distribution remembers of its most recent sample (never stored on the tensor)."""
-
-    value: Tensor
-    version: int | None
-    log_value: Tensor  # the ExpConcrete sample y (equal to value for ExpConcrete)
-    noise_log_density: Tensor
+    log_value: Tensor  # the ExpConcrete sample y (the value itself for ExpConcrete)
+    noise_log_density: Tensor  # sum_k log E_k - K log sum_k E_k, see ops.draw_gumbel
 
 
-def _version(t: Tensor) -> int | None:
-    # Inference-mode tensors have no version counter; they cannot be modified in place
-    # outside inference mode, and identity is then the whole test.
-    return None if t.is_inference() else t._version
-
-
-class _ConcreteFamily(TorchDistribution):
-    """Parameters, shapes, expand, pickling and the own-sample memory shared by both classes."""
+class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
+    """Sampling and the own-sample density shared by ExpConcrete and Concrete."""
 
     arg_constraints = {
         "temperature": constraints.positive_finite,
@@ -40,28 +31,7 @@ class _ConcreteFamily(TorchDistribution):
         "probs": constraints.simplex,
     }
     has_rsample = True
-
-    def __init__(
-        self,
-        temperature: Tensor | Number,
-        logits: Tensor | None = None,
-        probs: Tensor | None = None,
-        validate_args: bool | None = None,
-    ) -> None:
-        validate = self._validate_args if validate_args is None else validate_args
-        params = concrete_parameters(temperature, logits, probs, event_dim=1, validate=validate)
-        self.temperature = params.temperature
-        self.logits = params.logits
-        if params.probs is not None:
-            self.probs = params.probs
-        self._own_sample: _OwnSample | None = None
-        # Values were checked above (with clearer messages and fewer passes than torch's
-        # generic loop over arg_constraints); keep the caller's validate_args choice.
-        super().__init__(params.batch_shape, params.event_shape, validate_args=False)
-        if validate_args is None:
-            del self._validate_args  # follow torch's global default, as torch does
-        else:
-            self._validate_args = validate_args
+    _event_dim = 1
 
     @lazy_property
     def probs(self) -> Tensor:
@@ -78,65 +48,35 @@ class _ConcreteFamily(TorchDistribution):
         t_shape = temperature_batch_shape(torch.Size(temperature), shape, event_dim=1)
         return torch.broadcast_shapes(shape[:-1], t_shape), shape[-1:]
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature.expand(batch_shape)
-        new.logits = self.logits.expand(batch_shape + self._event_shape)
-        if "probs" in self.__dict__:
-            new.probs = self.probs.expand(batch_shape + self._event_shape)
-        new._own_sample = None
-        TorchDistribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
-        new.__dict__.pop("_validate_args")
-        if "_validate_args" in self.__dict__:
-            new._validate_args = self._validate_args
-        return new
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_own_sample"] = None  # a sample is not part of the distribution
-        return state
-
-    def __repr__(self) -> str:
-        t = self.temperature
-        temperature = (
-            f"{t.reshape(-1)[0].item():g}"
-            if t.numel() and (t == t.reshape(-1)[0]).all()
-            else (f"Tensor{tuple(t.shape)}")
-        )
-        return (
-            f"{type(self).__name__}(temperature: {temperature}, logits: Tensor{tuple(self.logits.shape)}, "
-            f"batch_shape: {tuple(self.batch_shape)}, event_shape: {tuple(self.event_shape)})"
-        )
-
-    # -- sampling -----------------------------------------------------------------
-
-    def _draw(self, sample_shape) -> tuple[Tensor, Tensor, Tensor]:
+    def _draw(self, sample_shape) -> tuple[Tensor, Tensor, _OwnSample]:
         shape = self._extended_shape(torch.Size(sample_shape))
         gumbel, noise_log_density = ops.draw_gumbel(shape, self.logits.dtype, self.logits.device)
         log_value, value = ops.gumbel_softmax_log_sample(
             self.logits, self.temperature.unsqueeze(-1), gumbel, consume_noise=True
         )
-        return log_value, value, noise_log_density
+        return log_value, value, _OwnSample(log_value, noise_log_density)
 
-    def _remember(self, value: Tensor, log_value: Tensor, noise_log_density: Tensor) -> Tensor:
-        self._own_sample = _OwnSample(value, _version(value), log_value, noise_log_density)
-        return value
+    def _exp_log_prob(self, value: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The ExpConcrete log-density of ``value``'s log-space point, and that point.
 
-    def _recall(self, value: Tensor) -> _OwnSample | None:
-        own = self._own_sample
-        if own is not None and value is own.value and _version(value) == own.version:
-            return own
-        return None
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-    def _own_log_prob(self, own: _OwnSample) -> Tensor:
-        return ops.exp_concrete_log_density_at_noise(
-            own.noise_log_density, self.num_categories, self.temperature
-        )
+        For the distribution's own most recent sample this is the closed form in the noise
+        when ``value`` carries the sample's graph (then it is the exact total derivative),
+        or when no parameter requires grad. A sample drawn without a graph (``sample()``,
+        ``no_grad``) is scored by the general formula at its exact ``y``, so that the score
+        ``d log p(x) / d logits`` at a fixed ``x`` is right. Returns None for the point
+        when ``value`` is not the own sample.
+        """
+        own = self._recall(value)
+        if own is None:
+            return None, None
+        if value.requires_grad or not self._parameters_require_grad():
+            density = ops.exp_concrete_log_density_at_noise(
+                own.noise_log_density, self.num_categories, self.temperature
+            )
+            # A zero-weighted link keeps the result in the graph of the logits (its exact
+            # derivative with respect to them is zero here).
+            return density + own.log_value[..., 0] * 0, own.log_value
+        return ops.exp_concrete_log_density(own.log_value, self.logits, self.temperature), own.log_value
 
 
 class ExpConcrete(_ConcreteFamily):
@@ -160,11 +100,14 @@ class ExpConcrete(_ConcreteFamily):
     ``log p_X(x) = log p_Y(log x) - sum_k log x_k`` gives the :class:`Concrete` density, and
     for which the bijection ``u -> log_softmax([u, 0])`` has unit Jacobian.
 
-    At the distribution's own most recent sample (the same tensor, unmodified) the density
-    is evaluated in the closed form ``lgamma K + (K-1) log τ + Σ log E_k - K log Σ E_k``
-    of the noise ``E = exp(-G)``, which is exact and costs no pass over the logits; any
-    other value goes through the general formula. Both give the same number and the same
-    gradients (the closed form is the same function of ``logits`` and ``temperature``).
+    At the distribution's own most recent reparameterised sample (the same tensor,
+    unmodified, still attached to the graph of ``rsample``) the density is evaluated in
+    the closed form ``lgamma K + (K-1) log τ + Σ log E_k - K log Σ E_k`` of the noise
+    ``E = exp(-G)``, which is exact and costs no pass over the logits: along the sample
+    path it is the same function of ``logits`` and ``temperature`` as the general formula,
+    so the value and the (total) gradients agree. Any other value, including a sample
+    drawn without a graph (``sample()``, whose score ``d log p / d logits`` at the fixed
+    value is wanted), goes through the general formula.
 
     Args:
         temperature (float or Tensor): positive temperature, one per batch element: it
@@ -187,15 +130,13 @@ class ExpConcrete(_ConcreteFamily):
     support = constraints.log_simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, _, noise_log_density = self._draw(sample_shape)
-        return self._remember(log_value, log_value, noise_log_density)
+        log_value, _, own = self._draw(sample_shape)
+        return self._remember(log_value, own)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        own = self._recall(value)
-        if own is not None:
-            # Zero-weighted link to the sample keeps log_prob in the autograd graph of the
-            # logits: its exact derivative with respect to them is zero here.
-            return self._own_log_prob(own) + value[..., 0] * 0
+        density, _ = self._exp_log_prob(value)
+        if density is not None:
+            return density
         if self._validate_args:
             self._validate_sample(value)
         return ops.exp_concrete_log_density(value, self.logits, self.temperature)
@@ -241,13 +182,13 @@ class Concrete(_ConcreteFamily):
     support = constraints.simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, value, noise_log_density = self._draw(sample_shape)
-        return self._remember(value, log_value, noise_log_density)
+        _, value, own = self._draw(sample_shape)
+        return self._remember(value, own)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        own = self._recall(value)
-        if own is not None:
-            return self._own_log_prob(own) - own.log_value.sum(-1)
+        density, log_value = self._exp_log_prob(value)
+        if density is not None:
+            return density - log_value.sum(-1)
         if self._validate_args:
             self._validate_sample(value)
         return ops.concrete_log_density(value, self.logits, self.temperature)

@@ -1,0 +1,82 @@
+"""The base class of every distribution of the package: parameters, shapes, expand, repr.
+
+Each family differs in how it samples and scores; how it reads ``temperature``,
+``logits`` and ``probs``, follows ``validate_args``, expands and prints itself is the
+same and lives here once.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.distributions.torch_distribution import TorchDistribution
+from torch import Tensor
+
+from ._parameters import Number, concrete_parameters
+
+__all__ = ["TemperedDistribution"]
+
+
+class TemperedDistribution(TorchDistribution):
+    """A distribution parameterised by a temperature and exactly one of logits or probs.
+
+    Subclasses set ``_event_dim`` (1 for the categorical families, 0 for the binary ones)
+    and may extend :meth:`expand` for extra attributes and :meth:`_repr_fields` for the
+    repr. Parameter values are validated by :func:`concrete_parameters` (one clear
+    message per argument, reductions instead of torch's elementwise loop over
+    ``arg_constraints``); ``validate_args=None`` follows torch's global default as torch
+    does.
+    """
+
+    _event_dim: int
+
+    def __init__(
+        self,
+        temperature: Tensor | Number,
+        logits: Tensor | Number | None = None,
+        probs: Tensor | Number | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        validate = self._validate_args if validate_args is None else validate_args
+        params = concrete_parameters(temperature, logits, probs, event_dim=self._event_dim, validate=validate)
+        self.temperature = params.temperature
+        self.logits = params.logits
+        if params.probs is not None:
+            self.probs = params.probs
+        super().__init__(params.batch_shape, params.event_shape, validate_args=False)
+        self._set_validate_args(validate_args)
+
+    def _set_validate_args(self, validate_args: bool | None) -> None:
+        if validate_args is None:
+            self.__dict__.pop("_validate_args", None)  # follow torch's global default
+        else:
+            self._validate_args = validate_args
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.temperature = self.temperature.expand(batch_shape)
+        new.logits = self.logits.expand(batch_shape + self._event_shape)
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(batch_shape + self._event_shape)
+        TorchDistribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
+        new._set_validate_args(self.__dict__.get("_validate_args"))
+        return new
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def _parameters_require_grad(self) -> bool:
+        return self.logits.requires_grad or self.temperature.requires_grad
+
+    def _repr_fields(self) -> list[str]:
+        t = self.temperature
+        uniform = t.numel() > 0 and bool((t == t.reshape(-1)[0]).all())
+        temperature = f"{t.reshape(-1)[0].item():g}" if uniform else f"Tensor{tuple(t.shape)}"
+        return [f"temperature: {temperature}", f"logits: Tensor{tuple(self.logits.shape)}"]
+
+    def __repr__(self) -> str:
+        fields = [*self._repr_fields(), f"batch_shape: {tuple(self.batch_shape)}"]
+        if self._event_dim:
+            fields.append(f"event_shape: {tuple(self.event_shape)}")
+        return f"{type(self).__name__}({', '.join(fields)})"
