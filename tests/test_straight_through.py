@@ -65,6 +65,21 @@ def test_samples_are_bitwise_hard(family, estimator, temperature, dtype):
         logits.grad = tau.grad = None
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("temperature", [1.0, 0.1])
+def test_extreme_logits_float32(family, estimator, temperature):
+    """Logits of +-50 in float32: hard samples, finite log_prob and gradients, no NaN."""
+    logits = torch.tensor([[50.0, -50.0, 0.0], [-50.0, 50.0, 49.0]], requires_grad=True)
+    tau = torch.tensor(temperature, requires_grad=True)
+    d = make(family, tau, logits=logits if family == "categorical" else logits[0], estimator=estimator)
+    x = d.rsample((100,))
+    assert_bitwise_hard(x, family)
+    (d.log_prob(x).sum() + (x * x.detach().sum(0)).sum()).backward()
+    assert torch.isfinite(logits.grad).all()
+    assert tau.grad is None or torch.isfinite(tau.grad)
+
+
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("with_grad", [True, False])
 def test_categorical_frequencies(estimator, with_grad):
