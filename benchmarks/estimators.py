@@ -13,8 +13,9 @@ rows, so row ``i`` of the gradient is the ``i``-th draw), and the script reports
 - ``var``    the total variance of one gradient draw, ``sum_k Var(g_k)``;
 - ``rel``    ``bias`` and ``sqrt(var)`` relative to ``|exact|``;
 - ``us/grad`` wall time per gradient draw: the fastest of ``--repeats`` timed runs of
-             sample + loss + backward for the whole batch (the minimum is the least
-             disturbed by other processes), divided by ``--samples``.
+             sample + loss + backward for the whole batch (rounds interleave the
+             contenders; the minimum is the least disturbed by other processes),
+             divided by ``--samples``.
 
 Estimators: pyro_concrete's ``ConcreteStraightThrough`` with ``"st"``,
 ``"gumbel_rao"`` (k = 1, 10, 100) and ``"reinmax"``; the score-function estimator
@@ -115,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--temperatures", type=float, nargs="+", default=list(TEMPERATURES), help="temperatures"
     )
     parser.add_argument("--samples", type=int, default=10_000, help="gradient draws per estimator")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (fastest reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (fastest reported)")
     parser.add_argument(
         "--dtype",
         choices=["float32", "float64"],
@@ -137,14 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rows, csv_rows = [], []
     for temperature in args.temperatures:
-        for name, fn in CONTENDERS.items():
-            grads, _ = gradients(fn, theta, temperature, loss, args.samples)  # also the warm-up
-            times = [gradients(fn, theta, temperature, loss, args.samples)[1] for _ in range(args.repeats)]
-            grads = grads.double()
+        draws = {
+            name: gradients(fn, theta, temperature, loss, args.samples)[0] for name, fn in CONTENDERS.items()
+        }
+        # Timed rounds interleave the contenders, so that a burst of load from other
+        # processes does not fall on one of them only.
+        times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+        for _ in range(args.repeats):
+            for name, fn in CONTENDERS.items():
+                times[name].append(gradients(fn, theta, temperature, loss, args.samples)[1])
+        for name in CONTENDERS:
+            grads = draws[name].double()
             bias = (grads.mean(0) - exact.double()).norm().item()
             var = grads.var(0).sum().item()
             se = (var / args.samples) ** 0.5
-            us = min(times) / args.samples * 1e6
+            us = min(times[name]) / args.samples * 1e6
             rows.append(
                 [
                     name,
