@@ -1,10 +1,11 @@
 """pyro_concrete: the Concrete / Gumbel-Softmax relaxation for PyTorch and Pyro.
 
 Importing the package registers its constraints' transforms with torch's ``biject_to``
-and ``transform_to``.
+and ``transform_to`` (:mod:`.transforms`) and its KL divergences with torch's
+``kl_divergence`` (:mod:`.kl`).
 """
 
-from . import constraints, ops
+from . import constraints, infer, kl, ops, transforms
 from .distributions import (
     BinaryConcrete,
     BinaryConcreteStraightThrough,
@@ -27,5 +28,8 @@ __all__ = [
     "LogitBinaryConcrete",
     "__version__",
     "constraints",
+    "infer",
+    "kl",
     "ops",
+    "transforms",
 ]

@@ -1,0 +1,36 @@
+"""Inference helpers for Pyro: temperature schedules and an automatic discrete guide.
+
+- :mod:`.schedules`: temperature annealing usable from any training loop (Jang et al.
+  2017's exponential decay with a floor, constant, linear, cosine) and
+  :func:`learned_temperature`, a positive temperature learned as a Pyro parameter;
+- :mod:`.autoguide`: :class:`AutoConcrete`, a straight-through ``AutoGuide`` for the
+  Bernoulli and OneHotCategorical sites of a model, and :func:`auto_concrete_guide`, which
+  pairs it with a continuous autoguide;
+- :mod:`.scoring`: :func:`differentiable_one_hot`, a model handler that lets
+  straight-through gradients reach ``OneHotCategorical`` prior terms under ``Trace_ELBO``.
+"""
+
+from .autoguide import AutoConcrete, auto_concrete_guide, is_concrete_site
+from .schedules import (
+    ConstantTemperature,
+    CosineDecay,
+    ExponentialDecay,
+    LinearDecay,
+    TemperatureSchedule,
+    learned_temperature,
+)
+from .scoring import DifferentiableOneHotMessenger, differentiable_one_hot
+
+__all__ = [
+    "AutoConcrete",
+    "ConstantTemperature",
+    "CosineDecay",
+    "DifferentiableOneHotMessenger",
+    "ExponentialDecay",
+    "LinearDecay",
+    "TemperatureSchedule",
+    "auto_concrete_guide",
+    "differentiable_one_hot",
+    "is_concrete_site",
+    "learned_temperature",
+]
