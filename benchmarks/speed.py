@@ -194,25 +194,40 @@ def make_inputs(n: int, k: int, temperature: float, generator: torch.Generator) 
     )
 
 
-def time_shape(tasks: list[Task], repeats: int, warmup: int, rng: random.Random, progress) -> None:
-    """Rounds over all tasks in a fresh random order until each has ``repeats`` timings."""
+NOISY = 0.25  # median relative spread of the per-call times above which the run is flagged
+MIN_ROUNDS = 20  # the time limit never stops a shape with fewer timings than this per task
+
+
+def time_shape(
+    tasks: list[Task], repeats: int, warmup: int, max_seconds: float, rng: random.Random, progress
+) -> int:
+    """Rounds over all tasks in a fresh random order until each has ``repeats`` timings.
+
+    Stops early once ``max_seconds`` have passed (and every task has ``MIN_ROUNDS``
+    timings), so a busy machine cannot stretch the run without bound. Returns the number
+    of timed rounds.
+    """
     for _ in range(warmup):
         for task in rng.sample(tasks, len(tasks)):
             task.step()
     for task in tasks:
-        if task.raised is None:
-            task.times.clear()  # warm-up timings are not kept
+        task.times.clear()  # warm-up timings are not kept
     gc.collect()
     gc.disable()
+    rounds, deadline = 0, time.perf_counter() + max_seconds
     try:
-        for _ in range(2 * repeats + warmup):  # bound: a task restarts at most once
-            if min(len(t.times) for t in tasks) >= repeats:
+        while rounds < 2 * repeats + warmup:  # bound: a task restarts at most once
+            fewest = min(len(t.times) for t in tasks)
+            if fewest >= repeats or (fewest >= MIN_ROUNDS and time.perf_counter() > deadline):
                 break
             for task in rng.sample(tasks, len(tasks)):
                 task.step()
+            rounds += 1
             progress.update(1)
     finally:
         gc.enable()
+    progress.update(max(0, repeats - rounds))  # the bar counts `repeats` rounds per shape
+    return rounds
 
 
 # -- report -----------------------------------------------------------------------------
@@ -251,6 +266,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=200, help="timed rounds per shape (median over these)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds per shape")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help=f"time limit of the timed rounds of one shape (at least {MIN_ROUNDS} rounds are run)",
+    )
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of every contender")
     parser.add_argument("--threads", type=int, help="torch threads (torch's own choice when not given)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, the noise and the order")
@@ -323,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     results: dict[tuple[int, int], dict[tuple[str, str], Task]] = {}
+    rounds: dict[tuple[int, int], int] = {}
     started = time.perf_counter()
     with tqdm(
         total=len(args.shapes) * args.repeats,
@@ -334,16 +356,18 @@ def main(argv: list[str] | None = None) -> int:
         for n, k in args.shapes:
             inputs = make_inputs(n, k, args.temperature, generator)
             tasks = [Task(c, op, inputs) for c in CONTENDERS for op in c.operations]
-            time_shape(tasks, args.repeats, args.warmup, rng, progress)
+            rounds[n, k] = time_shape(tasks, args.repeats, args.warmup, args.max_seconds, rng, progress)
             results[n, k] = {(t.contender.name, t.operation): t for t in tasks}
             del tasks, inputs
             gc.collect()
     elapsed = time.perf_counter() - started
 
     print("Median time (ms) per call, float32; ratio = anchor time / time of ours (> 1: ours faster)")
+    per_shape = ", ".join(f"{n}x{k}: {r}" for (n, k), r in rounds.items())
+    print(f"temperature {args.temperature:g}, seed {args.seed}, run time {elapsed:.0f} s")
     print(
-        f"temperature {args.temperature:g}, {args.repeats} interleaved rounds after {args.warmup} warm-up "
-        f"rounds per shape, seed {args.seed}; run time {elapsed:.0f} s"
+        f"per shape: {args.warmup} warm-up rounds, then timed rounds (at most {args.repeats} or "
+        f"{args.max_seconds:g} s): {per_shape}"
     )
     for line in environment_lines():
         print(line)
@@ -403,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         f"noise: (p75 - p25) / median of the per-call times: median {100 * statistics.median(iqrs):.0f}%, "
         f"max {100 * iqrs[-1]:.0f}% over the {len(iqrs)} timed pairs"
     )
+    if statistics.median(iqrs) > NOISY:
+        print(
+            f"WARNING: the median spread is above {100 * NOISY:.0f}%: the machine was busy and these times "
+            "are unreliable; rerun on an idle machine (or with --threads 1 if the cores are shared)."
+        )
     print()
     print("Targets of the issue (* as above):")
     print(format_table(["target", "shape", "measured", "verdict"], check_targets(results), left=2))
