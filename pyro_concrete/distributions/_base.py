@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
+from torch.distributions.utils import lazy_property
 
-from ._parameters import Number, concrete_parameters
+from ..parameters import Number, concrete_parameters, temperature_batch_shape
 
 __all__ = ["TemperedDistribution"]
 
@@ -44,6 +45,19 @@ class TemperedDistribution(TorchDistribution):
             self.probs = params.probs
         super().__init__(params.batch_shape, params.event_shape, validate_args=False)
         self._set_validate_args(validate_args)
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        """``softmax(logits)`` (categorical families) or ``sigmoid(logits)`` (binary ones)."""
+        return torch.softmax(self.logits, dim=-1) if self._event_dim else torch.sigmoid(self.logits)
+
+    @classmethod
+    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
+        """Batch and event shapes from argument shapes, with the temperature rule of ``__init__``."""
+        shape = torch.Size(logits if logits is not None else probs)
+        split = len(shape) - cls._event_dim
+        t_shape = temperature_batch_shape(torch.Size(temperature), shape, cls._event_dim)
+        return torch.broadcast_shapes(shape[:split], t_shape), shape[split:]
 
     def _set_validate_args(self, validate_args: bool | None) -> None:
         if validate_args is None:

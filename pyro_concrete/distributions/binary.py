@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
-from torch.distributions.utils import lazy_property
 
 from .. import constraints, ops
 from ._base import TemperedDistribution
@@ -26,11 +25,6 @@ class _BinaryConcreteFamily(OwnSampleMemory, TemperedDistribution):
     }
     has_rsample = True
     _event_dim = 0
-
-    @lazy_property
-    def probs(self) -> Tensor:
-        """``sigmoid(logits)``, the probability that the relaxed variable is near 1."""
-        return torch.sigmoid(self.logits)
 
     def _logit_rsample(self, sample_shape) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))

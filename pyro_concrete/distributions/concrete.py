@@ -7,12 +7,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
-from torch.distributions.utils import lazy_property
 
 from .. import constraints, ops
 from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
-from ._parameters import temperature_batch_shape
 
 __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
 
@@ -33,20 +31,9 @@ class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
     has_rsample = True
     _event_dim = 1
 
-    @lazy_property
-    def probs(self) -> Tensor:
-        return torch.softmax(self.logits, dim=-1)
-
     @property
     def num_categories(self) -> int:
         return self._event_shape[0]
-
-    @classmethod
-    def infer_shapes(cls, temperature=(), logits=None, probs=None):
-        """Batch and event shapes from argument shapes, with the temperature rule of ``__init__``."""
-        shape = torch.Size(logits if logits is not None else probs)
-        t_shape = temperature_batch_shape(torch.Size(temperature), shape, event_dim=1)
-        return torch.broadcast_shapes(shape[:-1], t_shape), shape[-1:]
 
     def _draw(self, sample_shape) -> tuple[Tensor, Tensor, _OwnSample]:
         shape = self._extended_shape(torch.Size(sample_shape))

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
-from torch.distributions.utils import lazy_property
 
 from .. import constraints, ops
-from ._parameters import Number, concrete_parameters, temperature_batch_shape
+from ..parameters import Number
+from ._base import TemperedDistribution
 
 __all__ = ["BinaryConcreteStraightThrough", "ConcreteStraightThrough"]
 
 
-class _StraightThroughFamily(TorchDistribution):
-    """Parameters, estimator choice, shapes, ``expand`` and ``repr`` shared by both classes."""
+class _StraightThroughFamily(TemperedDistribution):
+    """The estimator choice shared by both classes (parameters, expand, repr: see the base)."""
 
     has_rsample = True
     has_enumerate_support = True
-    _event_dim: int  # 1 (one-hot categorical) or 0 (Bernoulli)
 
     def __init__(
         self,
@@ -37,53 +35,19 @@ class _StraightThroughFamily(TorchDistribution):
         validate_args: bool | None = None,
     ) -> None:
         ops.check_estimator(estimator, rao_samples)
-        validate = self._validate_args if validate_args is None else validate_args
-        params = concrete_parameters(temperature, logits, probs, event_dim=self._event_dim, validate=validate)
-        self.temperature = params.temperature
-        self.logits = params.logits
-        if params.probs is not None:
-            self.probs = params.probs
         self.estimator = estimator
         self.rao_samples = int(rao_samples)
-        # Values were checked above; keep the caller's validate_args choice (as Concrete does).
-        super().__init__(params.batch_shape, params.event_shape, validate_args=False)
-        if validate_args is None:
-            del self._validate_args  # follow torch's global default, as torch does
-        else:
-            self._validate_args = validate_args
+        super().__init__(temperature, logits, probs, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(type(self), _instance)
-        batch_shape = torch.Size(batch_shape)
-        new.temperature = self.temperature.expand(batch_shape)
-        new.logits = self.logits.expand(batch_shape + self._event_shape)
-        if "probs" in self.__dict__:
-            new.probs = self.probs.expand(batch_shape + self._event_shape)
+        new = super().expand(batch_shape, self._get_checked_instance(type(self), _instance))
         new.estimator = self.estimator
         new.rao_samples = self.rao_samples
-        TorchDistribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
-        new.__dict__.pop("_validate_args")
-        if "_validate_args" in self.__dict__:
-            new._validate_args = self._validate_args
         return new
 
-    def __repr__(self) -> str:
-        t = self.temperature
-        temperature = (
-            f"{t.reshape(-1)[0].item():g}"
-            if t.numel() and (t == t.reshape(-1)[0]).all()
-            else f"Tensor{tuple(t.shape)}"
-        )
-        rao = f", rao_samples: {self.rao_samples}" if self.estimator == "gumbel_rao" else ""
-        return (
-            f"{type(self).__name__}(temperature: {temperature}, logits: Tensor{tuple(self.logits.shape)}, "
-            f"estimator: {self.estimator!r}{rao}, batch_shape: {tuple(self.batch_shape)}, "
-            f"event_shape: {tuple(self.event_shape)})"
-        )
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
+    def _repr_fields(self) -> list[str]:
+        rao = [f"rao_samples: {self.rao_samples}"] if self.estimator == "gumbel_rao" else []
+        return [*super()._repr_fields(), f"estimator: {self.estimator!r}", *rao]
 
     def _sample_kwargs(self, sample_shape) -> dict:
         return {
@@ -142,20 +106,9 @@ class ConcreteStraightThrough(_StraightThroughFamily):
     support = torch_constraints.one_hot
     _event_dim = 1
 
-    @classmethod
-    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
-        """Batch and event shapes from argument shapes, with the temperature rule of ``__init__``."""
-        shape = torch.Size(logits if logits is not None else probs)
-        t_shape = temperature_batch_shape(torch.Size(temperature), shape, event_dim=1)
-        return torch.broadcast_shapes(shape[:-1], t_shape), shape[-1:]
-
     @property
     def num_categories(self) -> int:
         return self._event_shape[0]
-
-    @lazy_property
-    def probs(self) -> Tensor:
-        return torch.softmax(self.logits, dim=-1)
 
     @property
     def log_probs(self) -> Tensor:
@@ -238,15 +191,6 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
     }
     support = torch_constraints.boolean
     _event_dim = 0
-
-    @classmethod
-    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
-        shape = torch.Size(logits if logits is not None else probs)
-        return torch.broadcast_shapes(shape, torch.Size(temperature)), torch.Size()
-
-    @lazy_property
-    def probs(self) -> Tensor:
-        return torch.sigmoid(self.logits)
 
     @property
     def _log_p1(self) -> Tensor:

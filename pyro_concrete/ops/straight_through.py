@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..parameters import concrete_parameters
 from .binary import binary_concrete_logit_sample
 from .concrete import gumbel_softmax_log_sample
 from .noise import draw_gumbel, draw_logistic
@@ -68,43 +69,11 @@ def check_estimator(estimator: str, rao_samples: int) -> None:
 def _prepare(
     logits: Tensor, temperature: Tensor | float, event_dim: int, validate: bool
 ) -> tuple[Tensor, Tensor]:
-    """Logits and temperature as tensors of one dtype, expanded to the batch shape.
-
-    Returns ``logits`` of shape ``batch_shape + event_shape`` and ``temperature`` of shape
-    ``batch_shape``, where ``batch_shape`` broadcasts ``logits.shape[:-event_dim]`` (all of
-    it for ``event_dim = 0``) with ``temperature.shape``.
-    """
-    if not isinstance(logits, Tensor) or not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point Tensor, got {type(logits).__name__}")
-    if logits.dim() < event_dim:
-        raise ValueError(
-            f"logits must have at least {event_dim} dimension(s), got shape {tuple(logits.shape)}"
-        )
-    if isinstance(temperature, Tensor):
-        dtype = torch.promote_types(logits.dtype, temperature.dtype)
-        logits, temperature = logits.to(dtype), temperature.to(dtype)
-    elif isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
-        temperature = torch.tensor(float(temperature), dtype=logits.dtype, device=logits.device)
-    else:
-        raise TypeError(f"temperature must be a float or a Tensor, got {type(temperature).__name__}")
-    if validate:
-        if not torch._is_all_true((temperature > 0) & (temperature < torch.inf)):
-            raise ValueError(f"temperature must be positive and finite, got {temperature}")
-        if not torch.isfinite(logits.sum()) and not torch._is_all_true(torch.isfinite(logits)):
-            raise ValueError(f"logits must be finite, got {logits}")
-    # The distributions' rule: torch's (n, 1) temperature for (n, K) logits means (n,).
-    from ..distributions._parameters import temperature_batch_shape
-
-    temperature = temperature.reshape(temperature_batch_shape(temperature.shape, logits.shape, event_dim))
-    event_shape = logits.shape[logits.dim() - event_dim :]
-    try:
-        batch_shape = torch.broadcast_shapes(logits.shape[: logits.dim() - event_dim], temperature.shape)
-    except RuntimeError:
-        raise ValueError(
-            f"temperature of shape {tuple(temperature.shape)} does not broadcast with the batch "
-            f"shape {tuple(logits.shape[: logits.dim() - event_dim])} of logits"
-        ) from None
-    return logits.expand(batch_shape + event_shape), temperature.expand(batch_shape)
+    """Logits and temperature read as the distributions read them (one dtype, validated,
+    the temperature broadcasting rule of :func:`~pyro_concrete.parameters.temperature_batch_shape`),
+    expanded to ``batch_shape + event_shape`` and ``batch_shape``."""
+    params = concrete_parameters(temperature, logits, None, event_dim=event_dim, validate=validate)
+    return params.logits, params.temperature
 
 
 def _needs_grad(*tensors: Tensor) -> bool:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .. import constraints
+from . import constraints
 
 Number = float | int
 
