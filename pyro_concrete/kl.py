@@ -41,8 +41,8 @@ log-space twin:
 Relaxed pairs with different temperatures have no known closed form: these functions
 raise ``NotImplementedError`` for them, which ``TraceMeanField_ELBO`` answers by falling
 back to its Monte Carlo estimate (``log q(z) - log p(z)`` at the guide's sample). The
-same happens when either temperature requires grad and they are not the same tensor
-(the KL's derivative in the temperature is not given by these formulas).
+same happens when either temperature requires grad: the KL's derivative in a temperature
+moved away from the other is not given by these formulas (even where they are equal).
 
 Mismatched pairs raise a ``TypeError`` explaining what to change: a relaxed
 (continuous) guide against a discrete model site (the KL is ``+inf``: a continuous
@@ -80,11 +80,16 @@ _COTH_SERIES = (1 / 3, -1 / 45, 2 / 945, -1 / 4725, 2 / 93555, -1382 / 638512875
 # -- exact discrete KLs ----------------------------------------------------------------
 
 
+def _given_probs(d) -> bool:
+    """Whether a torch Categorical/Bernoulli was built from ``probs`` (``_param`` is what was given)."""
+    return "probs" in d.__dict__ and d._param is d.__dict__["probs"]
+
+
 def _categorical_log_probs(d) -> Tensor:
     """Normalised log-probabilities of a one-hot categorical, exact where probs were given."""
     if isinstance(d, OneHotCategorical):
         d = d._categorical
-        if "probs" in d.__dict__ and "logits" not in d.__dict__:
+        if _given_probs(d):
             return d.probs.log()  # -inf at exact zeros (torch's logits clamp them)
         return d.logits
     return d.log_probs
@@ -92,7 +97,7 @@ def _categorical_log_probs(d) -> Tensor:
 
 def _bernoulli_log_probs(d) -> tuple[Tensor, Tensor]:
     """``(log P(1), log P(0))``, exact where probs were given, from logits otherwise."""
-    if isinstance(d, Bernoulli) and "probs" in d.__dict__ and "logits" not in d.__dict__:
+    if isinstance(d, Bernoulli) and _given_probs(d):
         return d.probs.log(), torch.log1p(-d.probs)
     return F.logsigmoid(d.logits), F.logsigmoid(-d.logits)
 
@@ -126,9 +131,10 @@ register_kl(Bernoulli, BinaryConcreteStraightThrough)(_kl_binary)
 
 def _check_same_temperature(p, q) -> None:
     tp, tq = p.temperature, q.temperature
-    if tp is not tq and (tp.requires_grad or tq.requires_grad):
-        raise NotImplementedError("KL between relaxed distributions with separately learned temperatures")
-    if tp is not tq and not torch.equal(*torch.broadcast_tensors(tp, tq)):
+    if tp.requires_grad or tq.requires_grad:
+        # Equal now, but the KL's derivative in a learned temperature is not zero in general.
+        raise NotImplementedError("KL between relaxed distributions with a learned temperature")
+    if not torch.equal(*torch.broadcast_tensors(tp, tq)):
         raise NotImplementedError("KL between relaxed distributions of different temperatures")
 
 
