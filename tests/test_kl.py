@@ -1,4 +1,4 @@
-"""Registered KL divergences against closed forms, and their use by TraceMeanField_ELBO (issue 4, criterion 3).
+"""Registered KL divergences against closed forms, and their use by TraceMeanField_ELBO (issue 4, #3).
 
 References are written here in numpy/scipy from the formulas, independently of the
 library: the discrete KLs from their definition, the equal-temperature relaxed KLs from
