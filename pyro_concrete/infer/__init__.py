@@ -6,11 +6,14 @@
 - :mod:`.autoguide`: :class:`AutoConcrete`, a straight-through ``AutoGuide`` for the
   Bernoulli and OneHotCategorical sites of a model, and :func:`auto_concrete_guide`, which
   pairs it with a continuous autoguide;
+- :mod:`.checks`: :func:`check_guide`, a pre-flight check for guide/model pairings that
+  would give a wrong ELBO silently (a relaxed guide for a discrete site, Pyro issue 2628);
 - :mod:`.scoring`: :func:`differentiable_one_hot`, a model handler that lets
   straight-through gradients reach ``OneHotCategorical`` prior terms under ``Trace_ELBO``.
 """
 
 from .autoguide import AutoConcrete, auto_concrete_guide, is_concrete_site
+from .checks import check_guide
 from .schedules import (
     ConstantTemperature,
     CosineDecay,
@@ -30,6 +33,7 @@ __all__ = [
     "LinearDecay",
     "TemperatureSchedule",
     "auto_concrete_guide",
+    "check_guide",
     "differentiable_one_hot",
     "is_concrete_site",
     "learned_temperature",

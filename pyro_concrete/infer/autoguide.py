@@ -65,7 +65,7 @@ def is_concrete_site(msg) -> bool:
 
 
 def _is_discrete_sample(msg) -> bool:
-    return msg["type"] == "sample" and msg["fn"].support.is_discrete
+    return msg["type"] == "sample" and not site_is_subsample(msg) and msg["fn"].support.is_discrete
 
 
 def _classify(site) -> _Site:
