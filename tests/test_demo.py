@@ -1,0 +1,106 @@
+"""The main demo (python -m pyro_concrete.demo) and the categorical VAE behind it."""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_concrete.demo import main
+from pyro_concrete.demo.cli import parse_args
+from pyro_concrete.demo.data import load_binarized_digits
+from pyro_concrete.demo.training import TrainConfig, train_vae
+from pyro_concrete.models import CategoricalVAE
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_and_improves(tmp_path, capsys):
+    out = tmp_path / "figure.png"
+    result = main(["--epochs", "2", "--latents", "4", "--classes", "4", "--out", str(out), "--quiet"])
+    train = result.train
+    # A negative ELBO of binary data is at least -log p(x) > 0 (a mass is at most 1).
+    assert math.isfinite(train.neg_elbo) and train.neg_elbo > 0
+    # Untrained: about 64 log 2 = 44.4 nats; any fit of the pixel frequencies gets near 25.
+    assert train.neg_elbo < train.initial_neg_elbo - 10
+    assert result.figure == out and out.read_bytes()[:8] == PNG_MAGIC
+    printed = capsys.readouterr().out
+    assert f"{train.neg_elbo:.2f} nats per image" in printed
+    assert str(out.resolve()) in printed
+    assert len(train.losses) == len(train.temperatures) == 2 * math.ceil(1438 / 100)
+
+
+@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax", "relaxed"])
+def test_every_estimator_trains(estimator):
+    train_x, test_x = load_binarized_digits()
+    config = TrainConfig(estimator=estimator, epochs=1, num_latents=3, num_classes=3, eval_particles=5)
+    result = train_vae(config, train_x[:400], test_x[:100])
+    assert math.isfinite(result.neg_elbo) and 0 < result.neg_elbo < result.initial_neg_elbo - 5
+    assert all(math.isfinite(loss) for loss in result.losses)
+    # The schedule: ReinMax's temperature floor is 1 (its authors' advice), 0.5 otherwise.
+    assert config.schedule().minimum == (1.0 if estimator == "reinmax" else 0.5)
+
+
+def test_split_is_fixed_and_binary():
+    train_a, test_a = load_binarized_digits()
+    train_b, test_b = load_binarized_digits()
+    assert torch.equal(train_a, train_b) and torch.equal(test_a, test_b)
+    assert train_a.shape == (1438, 64) and test_a.shape == (359, 64)
+    assert set(torch.cat([train_a, test_a]).unique().tolist()) == {0.0, 1.0}
+    # The split is a partition of the 1797 images: no test image is a copy of a training
+    # image unless the data set itself holds duplicates.
+    from sklearn.datasets import load_digits
+
+    data = torch.as_tensor(load_digits().data)
+    assert sorted(map(tuple, (data >= 8).float().tolist())) == sorted(
+        map(tuple, torch.cat([train_a, test_a]).tolist())
+    )
+
+
+def test_held_out_neg_elbo_matches_enumeration():
+    """The Trace_ELBO estimate against the exact ELBO summed over every latent configuration."""
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    latents, classes = 2, 3
+    vae = CategoricalVAE(num_pixels=64, num_latents=latents, num_classes=classes, hidden=(16,))
+    _, test_x = load_binarized_digits()
+    x = test_x[:4].double()
+    vae = vae.double()
+    with torch.no_grad():
+        log_q = vae.encode(x).log_softmax(-1)  # (4, L, K)
+        terms = []
+        for combo in itertools.product(range(classes), repeat=latents):
+            z = torch.nn.functional.one_hot(torch.tensor(combo), classes).double()  # (L, K)
+            log_lik = torch.distributions.Bernoulli(logits=vae.decode(z)).log_prob(x).sum(-1)
+            lq = (log_q * z).sum((-1, -2))
+            terms.append((lq.exp(), log_lik - latents * math.log(classes) - lq))
+        q = torch.stack([t[0] for t in terms])  # (configurations, 4)
+        f = torch.stack([t[1] for t in terms])
+        exact = -(q * f).sum(0)  # negative ELBO per image
+        variance = (q * f**2).sum(0) - exact**2  # of one particle's estimate
+    particles = 4000
+    estimate = vae.held_out_neg_elbo(x, num_particles=particles)
+    se = math.sqrt(variance.sum().item() / particles) / x.shape[0]
+    assert abs(estimate - exact.mean().item()) < 5 * se + 1e-9
+
+
+def test_cli_options():
+    args = parse_args(["--estimator", "gumbel_rao", "--epochs", "3", "--latents", "5", "--classes", "6"])
+    assert (args.estimator, args.epochs, args.latents, args.classes) == ("gumbel_rao", 3, 5, 6)
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--help"])
+    assert info.value.code == 0
+    for bad in (["--estimator", "rebar"], ["--classes", "1"], ["--epochs", "0"]):
+        with pytest.raises(SystemExit) as info:
+            parse_args(bad)
+        assert info.value.code == 2
+
+
+def test_model_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="estimator"):
+        CategoricalVAE(estimator="rebar")
+    with pytest.raises(ValueError, match="num_classes"):
+        CategoricalVAE(num_classes=1)
+    with pytest.raises(ValueError, match="num_latents"):
+        CategoricalVAE(num_latents=0)
