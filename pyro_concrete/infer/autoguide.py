@@ -53,13 +53,12 @@ def is_concrete_site(msg) -> bool:
     """Whether :class:`AutoConcrete` guides this sample site of a model.
 
     True for latent (not observed) sample sites with a discrete support, unless marked for
-    enumeration (``infer={"enumerate": ...}``). Use it with ``poutine.block`` to split a
-    model between :class:`AutoConcrete` and a continuous autoguide (as
-    :func:`auto_concrete_guide` does)::
+    enumeration (``infer={"enumerate": ...}``). Use it with ``poutine.block`` to give
+    :class:`AutoConcrete` exactly these sites, as :func:`auto_concrete_guide` does::
 
-        AutoConcrete(poutine.block(model, expose_fn=is_concrete_site))
-        AutoNormal(poutine.block(model, hide_fn=lambda msg: msg["type"] == "sample"
-                                 and msg["fn"].support.is_discrete))
+        guide = AutoGuideList(model)
+        guide.append(AutoConcrete(poutine.block(model, expose_fn=is_concrete_site)))
+        guide.append(AutoNormal(poutine.block(model, hide=["z", "c"])))  # discrete sites
     """
     return _is_latent_sample(msg) and msg["fn"].support.is_discrete and not msg["infer"].get("enumerate")
 
@@ -123,6 +122,12 @@ class AutoConcrete(AutoGuide):
     ``OneHotCategorical`` prior (registered by :mod:`pyro_concrete.kl`). Gradients reach
     the logits through the model by the chosen straight-through estimator.
 
+    Which objective: ``TraceMeanField_ELBO`` (exact KL for these sites; the straight-through
+    estimator only differentiates the likelihood), or ``Trace_ELBO`` with the *model* given
+    to ``SVI`` wrapped in :func:`~pyro_concrete.infer.differentiable_one_hot` when it has
+    ``OneHotCategorical`` sites: torch's ``OneHotCategorical.log_prob`` takes an argmax of the
+    value, so without it the prior term gets no gradient and the guide ignores the prior.
+
     Plates are respected as in Pyro's ``AutoDelta``/``AutoNormal``: parameters have the
     full plate size, and under a subsampled plate the guide uses the rows of the
     subsample (``create_plates`` as in Pyro).
@@ -165,6 +170,7 @@ class AutoConcrete(AutoGuide):
         ...         pyro.sample("x", dist.Normal(z @ torch.tensor([-2.0, 0.0, 2.0]), 1.0), obs=data)
         >>> guide = AutoConcrete(model, estimator="gumbel_rao", temperature=0.3)
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), TraceMeanField_ELBO())
+        >>> # or: SVI(differentiable_one_hot(model), guide, optim, Trace_ELBO())
     """
 
     def __init__(

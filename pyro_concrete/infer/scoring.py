@@ -3,9 +3,10 @@
 torch's ``OneHotCategorical.log_prob(value)`` scores ``value.argmax(-1)``: a piecewise
 constant function of the value, whose gradient with respect to the value is zero. With a
 straight-through guide and ``Trace_ELBO``, the ELBO's prior term ``E_q[log p(z)]`` then
-gets no pathwise gradient, and the guide learns as if the prior were uniform (on a
-3-component mixture with prior weights ``(0.5, 0.3, 0.2)``, a mean absolute error of about
-0.055 in the posterior probabilities at every number of steps, instead of below 0.01).
+gets no pathwise gradient, and the guide learns as if the prior were uniform (measured on
+a 3-component mixture with prior weights ``(0.5, 0.3, 0.2)`` and a ReinMax guide at
+temperature 1: a mean absolute error of about 0.055 in the posterior probabilities however
+long it trains, against about 0.01 with this handler).
 ``Bernoulli.log_prob`` is linear in the value and has no such problem, and neither has
 ``TraceMeanField_ELBO``, which uses the exact KL for these sites instead.
 
