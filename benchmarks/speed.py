@@ -330,7 +330,7 @@ def check_targets(results: dict[tuple[int, int], dict[tuple[str, str], Task]]) -
         if tasks is None:
             return "not run", None
         value = median_ms(tasks[anchor, operation]) / median_ms(tasks["Concrete", operation])
-        return f"{value:.2f}" + ("*" if tasks[anchor, operation].raised else ""), value
+        return f"{value:.3f}" + ("*" if tasks[anchor, operation].raised else ""), value
 
     rows = []
     targets = [
