@@ -121,7 +121,7 @@ def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:
     result = train_vae(config, train_x, test_x, progress=progress)
     seconds = time.perf_counter() - start
     baseline = independent_pixels_neg_log_lik(train_x, test_x)
-    path = write_figure(result, test_x, out)
+    path = write_figure(result, test_x, out, baseline=baseline)
     print(
         f"held-out negative ELBO of the discrete model ({config.eval_particles} samples per image): "
         f"{result.neg_elbo:.2f} nats per image\n"
