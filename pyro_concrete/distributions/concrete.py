@@ -17,7 +17,7 @@ __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
 
 class _OwnSample(NamedTuple):
     log_value: Tensor  # the ExpConcrete sample y (the value itself for ExpConcrete)
-    noise_log_density: Tensor  # sum_k log E_k - K log sum_k E_k, see ops.draw_gumbel
+    noise_log_density: Tensor  # sum_k log E_k - K log sum_k E_k, see ops.draw_softmax_noise
 
 
 class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
@@ -37,9 +37,9 @@ class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
 
     def _draw(self, sample_shape) -> tuple[Tensor, Tensor, _OwnSample]:
         shape = self._extended_shape(torch.Size(sample_shape))
-        gumbel, noise_log_density = ops.draw_gumbel(shape, self.logits.dtype, self.logits.device)
+        noise, noise_log_density = ops.draw_softmax_noise(shape, self.logits.dtype, self.logits.device)
         log_value, value = ops.gumbel_softmax_log_sample(
-            self.logits, self.temperature.unsqueeze(-1), gumbel, consume_noise=True
+            self.logits, self.temperature.unsqueeze(-1), noise, consume_noise=True
         )
         return log_value, value, _OwnSample(log_value, noise_log_density)
 

@@ -21,7 +21,7 @@ from .concrete import (
     exp_concrete_log_density_at_noise,
     gumbel_softmax_log_sample,
 )
-from .noise import draw_gumbel, draw_logistic, safe_log
+from .noise import draw_gumbel, draw_logistic, draw_softmax_noise, neg_logistic_log_density, safe_log
 from .straight_through import (
     ESTIMATORS,
     binary_straight_through_sample,
@@ -43,10 +43,12 @@ __all__ = [
     "conditional_logistic",
     "draw_gumbel",
     "draw_logistic",
+    "draw_softmax_noise",
     "exp_concrete_log_density",
     "exp_concrete_log_density_at_noise",
     "gumbel_softmax_log_sample",
     "logit_binary_concrete_log_density",
+    "neg_logistic_log_density",
     "safe_log",
     "straight_through_sample",
 ]

@@ -21,13 +21,10 @@ near ±16 in float32 and zeroes their gradient beyond.
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .noise import safe_log
+from .noise import neg_logistic_log_density, safe_log
 
 __all__ = [
     "binary_concrete_log_density",
@@ -35,19 +32,6 @@ __all__ = [
     "binary_concrete_logit_sample",
     "logit_binary_concrete_log_density",
 ]
-
-
-def _neg_logistic_log_density(t: Tensor) -> Tensor:
-    """``h(t) = softplus(t) + softplus(-t)``, the negated standard Logistic log-density.
-
-    Computed as ``2 softplus(|t|) - |t|``. softplus returns its argument unchanged above
-    ``log(1/eps)``, where the neglected ``log1p(exp(-|t|)) < eps`` is below the rounding of
-    ``|t|``: the result is accurate to rounding in every dtype, and ``exp`` never
-    underflows. The autograd derivative is ``tanh(t / 2)``, exactly 0 at ``t = 0``.
-    """
-    magnitude = t.abs()
-    threshold = -math.log(torch.finfo(t.dtype).eps)
-    return F.softplus(magnitude, threshold=threshold).mul_(2).sub_(magnitude)
 
 
 def binary_concrete_logit_sample(
@@ -100,7 +84,7 @@ def logit_binary_concrete_log_density(value: Tensor, logits: Tensor, temperature
     Returns:
         Tensor: the log-density, of the broadcast shape.
     """
-    return torch.log(temperature) - _neg_logistic_log_density(logits - temperature * value)
+    return torch.log(temperature) - neg_logistic_log_density(logits - temperature * value)
 
 
 def binary_concrete_log_density_at_logit(logit_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
@@ -116,7 +100,7 @@ def binary_concrete_log_density_at_logit(logit_value: Tensor, logits: Tensor, te
         logits (Tensor): logits θ, broadcastable with ``logit_value``.
         temperature (Tensor): temperature τ, broadcastable with ``logit_value``.
     """
-    return logit_binary_concrete_log_density(logit_value, logits, temperature) + _neg_logistic_log_density(
+    return logit_binary_concrete_log_density(logit_value, logits, temperature) + neg_logistic_log_density(
         logit_value
     )
 
