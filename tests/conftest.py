@@ -7,6 +7,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+# The tests are many small tensor operations: on a 2-core CI machine a second intra-op
+# thread costs more in wake-ups than it saves, and one thread makes timings repeatable.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_validation():
     """Every test starts from a fixed seed with torch's default validation on."""
