@@ -49,13 +49,8 @@ class _StraightThroughFamily(TemperedDistribution):
         rao = [f"rao_samples: {self.rao_samples}"] if self.estimator == "gumbel_rao" else []
         return [*super()._repr_fields(), f"estimator: {self.estimator!r}", *rao]
 
-    def _sample_kwargs(self, sample_shape) -> dict:
-        return {
-            "estimator": self.estimator,
-            "rao_samples": self.rao_samples,
-            "sample_shape": torch.Size(sample_shape),
-            "validate": False,  # checked in __init__
-        }
+    def _shape(self, sample_shape) -> torch.Size:
+        return self._extended_shape(torch.Size(sample_shape))
 
 
 class ConcreteStraightThrough(_StraightThroughFamily):
@@ -136,7 +131,10 @@ class ConcreteStraightThrough(_StraightThroughFamily):
         return -(self.probs * self.log_probs).sum(-1)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        return ops.straight_through_sample(self.logits, self.temperature, **self._sample_kwargs(sample_shape))
+        # Parameters were read and checked in __init__: straight to the kernel.
+        return ops.sample_one_hot(
+            self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
+        )
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log softmax(logits)`` at the category of the one-hot ``value``.
@@ -217,8 +215,8 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
         return -(p * self._log_p1 + (1 - p) * self._log_p0)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        return ops.binary_straight_through_sample(
-            self.logits, self.temperature, **self._sample_kwargs(sample_shape)
+        return ops.sample_binary(
+            self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
         )
 
     def log_prob(self, value: Tensor) -> Tensor:

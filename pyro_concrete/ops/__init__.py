@@ -28,6 +28,8 @@ from .straight_through import (
     check_estimator,
     conditional_gumbel,
     conditional_logistic,
+    sample_binary,
+    sample_one_hot,
     straight_through_sample,
 )
 
@@ -50,5 +52,7 @@ __all__ = [
     "logit_binary_concrete_log_density",
     "neg_logistic_log_density",
     "safe_log",
+    "sample_binary",
+    "sample_one_hot",
     "straight_through_sample",
 ]

@@ -26,7 +26,9 @@ def safe_log(x: Tensor) -> Tensor:
     return x.clamp_min(_smallest_subnormal(x.dtype)).log()
 
 
-def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+def draw_gumbel(
+    shape: torch.Size, dtype: torch.dtype, device: torch.device, *, log_density: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Draws standard Gumbel noise and the ExpConcrete log-density it implies.
 
     Uses ``G = -log(-log U)`` with ``U ~ Uniform[tiny, 1)``: a uniform draw is about 8x
@@ -40,11 +42,15 @@ def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
         noise_log_density (Tensor): ``sum_k log E_k - K log sum_k E_k`` of shape
             ``shape[:-1]``, the part of the ExpConcrete log-density of the sample
             ``log_softmax((θ + G) / τ)`` that depends on the noise only (see
-            :func:`exp_concrete_log_density_at_noise`).
+            :func:`exp_concrete_log_density_at_noise`); None if ``log_density`` is False
+            (straight-through estimators, which never score the soft sample, skip its two
+            row reductions).
     """
     tiny = torch.finfo(dtype).tiny
     noise = torch.empty(shape, dtype=dtype, device=device).uniform_(tiny, 1.0)
     noise.log_().neg_()  # E ~ Exponential(1), strictly positive
+    if not log_density:
+        return noise.log_().neg_(), None
     log_sum_e = noise.sum(-1).log_()
     noise.log_()  # log E = -G
     noise_log_density = noise.sum(-1).sub_(log_sum_e, alpha=shape[-1])
@@ -97,7 +103,9 @@ def neg_logistic_log_density(t: Tensor) -> Tensor:
     return F.softplus(magnitude, threshold=threshold).mul_(2).sub_(magnitude)
 
 
-def draw_softmax_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+def draw_softmax_noise(
+    shape: torch.Size, dtype: torch.dtype, device: torch.device, *, log_density: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Noise for ``softmax((θ + noise) / τ)``, as :func:`draw_gumbel`, half the cost for K = 2.
 
     The Concrete sample and its argmax depend on the Gumbel noise only through its
@@ -109,12 +117,13 @@ def draw_softmax_noise(shape: torch.Size, dtype: torch.dtype, device: torch.devi
     Gumbel (Gumbel-Rao's conditional noise): use :func:`draw_gumbel` there.
 
     Returns:
-        ``(noise, noise_log_density)`` as :func:`draw_gumbel`.
+        ``(noise, noise_log_density)`` as :func:`draw_gumbel` (the density None unless
+        ``log_density``).
     """
     if shape[-1] != 2:
-        return draw_gumbel(shape, dtype, device)
+        return draw_gumbel(shape, dtype, device, log_density=log_density)
     noise = torch.empty(shape, dtype=dtype, device=device)
     noise[..., 1] = 0.0
     difference = draw_logistic(shape[:-1], dtype, device)
     noise[..., 0] = difference
-    return noise, neg_logistic_log_density(difference).neg_()
+    return noise, neg_logistic_log_density(difference).neg_() if log_density else None

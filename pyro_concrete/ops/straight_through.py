@@ -41,7 +41,7 @@ from torch import Tensor
 from ..parameters import concrete_parameters
 from .binary import binary_concrete_logit_sample
 from .concrete import gumbel_softmax_log_sample
-from .noise import draw_gumbel, draw_logistic
+from .noise import draw_gumbel, draw_logistic, draw_softmax_noise
 
 __all__ = [
     "ESTIMATORS",
@@ -49,6 +49,8 @@ __all__ = [
     "check_estimator",
     "conditional_gumbel",
     "conditional_logistic",
+    "sample_binary",
+    "sample_one_hot",
     "straight_through_sample",
 ]
 
@@ -179,7 +181,7 @@ def conditional_gumbel(
 
 
 def _gumbel_max(logits: Tensor, shape: torch.Size) -> Tensor:
-    gumbel, _ = draw_gumbel(shape, logits.dtype, logits.device)
+    gumbel, _ = draw_softmax_noise(shape, logits.dtype, logits.device, log_density=False)
     return gumbel.add_(logits).argmax(-1, keepdim=True)
 
 
@@ -263,6 +265,17 @@ def straight_through_sample(
     check_estimator(estimator, rao_samples)
     logits, temperature = _prepare(logits, temperature, 1, validate)
     shape = torch.Size(sample_shape) + logits.shape
+    return sample_one_hot(logits, temperature, shape, estimator, rao_samples)
+
+
+def sample_one_hot(
+    logits: Tensor, temperature: Tensor, shape: torch.Size, estimator: str, rao_samples: int
+) -> Tensor:
+    """:func:`straight_through_sample` for parameters as the distributions hold them.
+
+    ``logits`` of shape ``batch_shape + (K,)`` and ``temperature`` of ``batch_shape``, one
+    dtype, already validated; ``shape`` is ``sample_shape + logits.shape``. No checks.
+    """
     num_categories = shape[-1]
     if not _needs_grad(logits, temperature):
         return _one_hot(_gumbel_max(logits, shape), num_categories, logits.dtype)
@@ -270,12 +283,13 @@ def straight_through_sample(
         return _ReinMax.apply(logits, temperature, _gumbel_max(logits, shape))
     draws = rao_samples if estimator == "gumbel_rao" else 1
     if draws == 1:
-        gumbel, _ = draw_gumbel(shape, logits.dtype, logits.device)
-        y, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), gumbel, consume_noise=True)
+        # Only differences of the noise within a row matter to the soft sample and its argmax.
+        noise, _ = draw_softmax_noise(shape, logits.dtype, logits.device, log_density=False)
+        y, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), noise, consume_noise=True)
         return _HardOneHot.apply(x, y.argmax(-1, keepdim=True))
     # The first draw decides D and is itself a draw of the noise given D; the others are
     # drawn given D.
-    gumbel, _ = draw_gumbel(torch.Size([draws]) + shape, logits.dtype, logits.device)
+    gumbel, _ = draw_gumbel(torch.Size([draws]) + shape, logits.dtype, logits.device, log_density=False)
     index = (gumbel[0] + logits).argmax(-1, keepdim=True)
     conditional_gumbel(logits, index, gumbel[1:], consume_noise=True)
     _, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), gumbel, consume_noise=True)
@@ -391,6 +405,17 @@ def binary_straight_through_sample(
     check_estimator(estimator, rao_samples)
     logits, temperature = _prepare(logits, temperature, 0, validate)
     shape = torch.Size(sample_shape) + logits.shape
+    return sample_binary(logits, temperature, shape, estimator, rao_samples)
+
+
+def sample_binary(
+    logits: Tensor, temperature: Tensor, shape: torch.Size, estimator: str, rao_samples: int
+) -> Tensor:
+    """:func:`binary_straight_through_sample` for parameters as the distributions hold them.
+
+    ``logits`` and ``temperature`` of ``batch_shape``, one dtype, already validated;
+    ``shape`` is ``sample_shape + logits.shape``. No checks.
+    """
     if not _needs_grad(logits, temperature) or estimator == "reinmax":
         positive = draw_logistic(shape, logits.dtype, logits.device).add_(logits) > 0
         if not _needs_grad(logits, temperature):
