@@ -12,7 +12,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from torch import Tensor
 from torch.distributions.utils import lazy_property
 
-from ..parameters import Number, concrete_parameters, temperature_batch_shape
+from ..parameters import Number, broadcast_shape, concrete_parameters, temperature_batch_shape
 
 __all__ = ["TemperedDistribution"]
 
@@ -57,7 +57,7 @@ class TemperedDistribution(TorchDistribution):
         shape = torch.Size(logits if logits is not None else probs)
         split = len(shape) - cls._event_dim
         t_shape = temperature_batch_shape(torch.Size(temperature), shape, cls._event_dim)
-        return torch.broadcast_shapes(shape[:split], t_shape), shape[split:]
+        return broadcast_shape(shape[:split], t_shape), shape[split:]
 
     def _set_validate_args(self, validate_args: bool | None) -> None:
         if validate_args is None:
