@@ -151,7 +151,7 @@ def test_conditional_gumbel_keeps_the_argmax():
     logits = torch.tensor([4.0, -3.0, 0.5, -8.0, 1.0, 0.0], dtype=torch.float64)
     n = 5000
     index = torch.randint(0, 6, (n, 1))  # every category, the improbable ones included
-    gumbel, _ = ops.draw_gumbel(torch.Size([n, 6]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 6]), torch.float64, torch.device("cpu"))
     z = logits + ops.conditional_gumbel(logits, index, gumbel)
     assert torch.equal(z.argmax(-1, keepdim=True), index)
 
@@ -162,7 +162,7 @@ def test_conditional_gumbel_distribution():
     logits = torch.tensor([1.0, -0.5, 0.2, -2.0], dtype=torch.float64)
     n = 20_000
     index = torch.multinomial(torch.softmax(logits, -1), n, replacement=True).unsqueeze(-1)
-    gumbel, _ = ops.draw_gumbel(torch.Size([n, 4]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 4]), torch.float64, torch.device("cpu"))
     noise = ops.conditional_gumbel(logits, index, gumbel)
     for k in range(4):
         assert stats.kstest(noise[:, k].numpy(), stats.gumbel_r.cdf).pvalue > P_THRESHOLD
@@ -176,10 +176,10 @@ def test_conditional_soft_sample_mean(temperature):
     """Averaging softmax((θ + G') / τ) over G' | D and over D gives the unconditional mean."""
     logits = torch.tensor([0.5, -1.0, 1.5, 0.0, -0.3], dtype=torch.float64)
     n = 40_000
-    gumbel, _ = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
     unconditional = torch.softmax((logits + gumbel) / temperature, -1)
     index = torch.multinomial(torch.softmax(logits, -1), n, replacement=True).unsqueeze(-1)
-    fresh, _ = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
+    fresh = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
     conditional = torch.softmax((logits + ops.conditional_gumbel(logits, index, fresh)) / temperature, -1)
     diff = unconditional.mean(0) - conditional.mean(0)
     se = (unconditional.var(0) / n + conditional.var(0) / n).sqrt()

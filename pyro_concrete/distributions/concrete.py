@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
@@ -13,11 +11,6 @@ from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
 
 __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
-
-
-class _OwnSample(NamedTuple):
-    log_value: Tensor  # the ExpConcrete sample y (the value itself for ExpConcrete)
-    noise_log_density: Tensor  # sum_k log E_k - K log sum_k E_k, see ops.draw_softmax_noise
 
 
 class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
@@ -35,35 +28,31 @@ class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
     def num_categories(self) -> int:
         return self._event_shape[0]
 
-    def _draw(self, sample_shape) -> tuple[Tensor, Tensor, _OwnSample]:
+    def _draw(self, sample_shape) -> tuple[Tensor, Tensor]:
+        """The ExpConcrete sample ``y`` and the Concrete sample ``x``."""
         shape = self._extended_shape(torch.Size(sample_shape))
-        noise, noise_log_density = ops.draw_softmax_noise(shape, self.logits.dtype, self.logits.device)
-        log_value, value = ops.gumbel_softmax_log_sample(
-            self.logits, self.temperature.unsqueeze(-1), noise, consume_noise=True
-        )
-        return log_value, value, _OwnSample(log_value, noise_log_density)
+        noise = ops.draw_softmax_noise(shape, self.logits.dtype, self.logits.device)
+        temperature = self.temperature.unsqueeze(-1)
+        return ops.gumbel_softmax_log_sample(self.logits, temperature, noise, consume_noise=True)
 
     def _exp_log_prob(self, value: Tensor) -> tuple[Tensor, Tensor | None]:
         """The ExpConcrete log-density of ``value``'s log-space point, and that point.
 
-        For the distribution's own most recent sample this is the closed form in the noise
-        when ``value`` carries the sample's graph (then it is the exact total derivative),
-        or when no parameter requires grad. A sample drawn without a graph (``sample()``,
-        ``no_grad``) is scored by the general formula at its exact ``y``, so that the score
-        ``d log p(x) / d logits`` at a fixed ``x`` is right. Returns None for the point
-        when ``value`` is not the own sample.
+        For the distribution's own most recent sample this is the density along the
+        sample path (:func:`~pyro_concrete.ops.exp_concrete_log_density_of_own_sample`)
+        when ``value`` carries the sample's graph, or when no parameter requires grad. A
+        sample drawn without a graph (``sample()``, ``no_grad``) is scored by the general
+        formula at its exact ``y``, so that the score ``d log p(x) / d logits`` at a fixed
+        ``x`` is right. Returns None for the point when ``value`` is not the own sample.
         """
-        own = self._recall(value)
-        if own is None:
+        log_value = self._recall(value)  # the remembered y of the own sample
+        if log_value is None:
             return None, None
         if value.requires_grad or not self._parameters_require_grad():
-            density = ops.exp_concrete_log_density_at_noise(
-                own.noise_log_density, self.num_categories, self.temperature
-            )
-            # A zero-weighted link keeps the result in the graph of the logits (its exact
-            # derivative with respect to them is zero here).
-            return density + own.log_value[..., 0] * 0, own.log_value
-        return ops.exp_concrete_log_density(own.log_value, self.logits, self.temperature), own.log_value
+            density = ops.exp_concrete_log_density_of_own_sample(log_value, self.logits, self.temperature)
+        else:
+            density = ops.exp_concrete_log_density(log_value, self.logits, self.temperature)
+        return density, log_value
 
 
 class ExpConcrete(_ConcreteFamily):
@@ -88,13 +77,14 @@ class ExpConcrete(_ConcreteFamily):
     for which the bijection ``u -> log_softmax([u, 0])`` has unit Jacobian.
 
     At the distribution's own most recent reparameterised sample (the same tensor,
-    unmodified, still attached to the graph of ``rsample``) the density is evaluated in
-    the closed form ``lgamma K + (K-1) log τ + Σ log E_k - K log Σ E_k`` of the noise
-    ``E = exp(-G)``, which is exact and costs no pass over the logits: along the sample
-    path it is the same function of ``logits`` and ``temperature`` as the general formula,
-    so the value and the (total) gradients agree. Any other value, including a sample
-    drawn without a graph (``sample()``, whose score ``d log p / d logits`` at the fixed
-    value is wanted), goes through the general formula.
+    unmodified, still attached to the graph of ``rsample``), ``θ_k - τ y_k = -G_k + c``
+    with ``c`` shared by all ``k``: the density is a term of the noise alone,
+    ``Σ log E_k - K log Σ E_k`` with ``E = exp(-G)``, plus ``lgamma K + (K-1) log τ``.
+    ``log_prob`` evaluates the noise term without building a graph and differentiates only
+    ``(K-1) log τ``: the same value and the same total gradients as differentiating the
+    general formula through the sample, and no backward pass over it. Any other value,
+    including a sample drawn without a graph (``sample()``, whose score
+    ``d log p / d logits`` at the fixed value is wanted), goes through the general formula.
 
     Args:
         temperature (float or Tensor): positive temperature, one per batch element: it
@@ -117,13 +107,16 @@ class ExpConcrete(_ConcreteFamily):
     support = constraints.log_simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, _, own = self._draw(sample_shape)
-        return self._remember(log_value, own)
+        log_value, _ = self._draw(sample_shape)
+        return self._remember(log_value, log_value)
 
     def log_prob(self, value: Tensor) -> Tensor:
         density, _ = self._exp_log_prob(value)
         if density is not None:
-            return density
+            # A zero-weighted link keeps the result in the graph of the logits (its exact
+            # total derivative with respect to them is zero here). Concrete needs none:
+            # its -sum(y) term depends on them.
+            return density + value[..., 0] * 0 if value.requires_grad else density
         if self._validate_args:
             self._validate_sample(value)
         return ops.exp_concrete_log_density(value, self.logits, self.temperature)
@@ -169,8 +162,8 @@ class Concrete(_ConcreteFamily):
     support = constraints.simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        _, value, own = self._draw(sample_shape)
-        return self._remember(value, own)
+        log_value, value = self._draw(sample_shape)
+        return self._remember(value, log_value)
 
     def log_prob(self, value: Tensor) -> Tensor:
         density, log_value = self._exp_log_prob(value)

@@ -18,7 +18,7 @@ from .binary import (
 from .concrete import (
     concrete_log_density,
     exp_concrete_log_density,
-    exp_concrete_log_density_at_noise,
+    exp_concrete_log_density_of_own_sample,
     gumbel_softmax_log_sample,
 )
 from .noise import draw_gumbel, draw_logistic, draw_softmax_noise, neg_logistic_log_density, safe_log
@@ -47,7 +47,7 @@ __all__ = [
     "draw_logistic",
     "draw_softmax_noise",
     "exp_concrete_log_density",
-    "exp_concrete_log_density_at_noise",
+    "exp_concrete_log_density_of_own_sample",
     "gumbel_softmax_log_sample",
     "logit_binary_concrete_log_density",
     "neg_logistic_log_density",

@@ -19,7 +19,7 @@ from .noise import safe_log
 __all__ = [
     "concrete_log_density",
     "exp_concrete_log_density",
-    "exp_concrete_log_density_at_noise",
+    "exp_concrete_log_density_of_own_sample",
     "floored_exp",
     "gumbel_softmax_log_sample",
     "log_floor",
@@ -47,16 +47,26 @@ def floored_exp(y: Tensor) -> Tensor:
     return y.clamp_min(log_floor(y.dtype)).exp_()
 
 
-def _log_softmax_inplace(z: Tensor) -> Tensor:
-    """``log_softmax(z, -1)``, overwriting ``z`` where that is the faster route."""
-    if z.shape[-1] >= _SHORT_LAST_DIM:
-        return torch.log_softmax(z, dim=-1)
+def _log_softmax_and_softmax(z: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log_softmax(z, -1), floored softmax)``, overwriting ``z`` on the short-K route.
+
+    Long rows: torch's kernel, then :func:`floored_exp`. Short rows: ``z - max`` in place,
+    ``e = exp(max(z - max, log(K tiny)))``, and ``y = z - log sum e``, ``x = e / sum e``
+    (the sum is at most ``K``, so ``x >= tiny``: no subnormal, no slow path), which saves
+    the second pass of ``exp``.
+    """
+    k = z.shape[-1]
+    if k >= _SHORT_LAST_DIM:
+        y = torch.log_softmax(z, dim=-1)
+        return y, floored_exp(y)
     z.sub_(z.amax(-1, keepdim=True))
-    return z.sub_(floored_exp(z).sum(-1, keepdim=True).log_())
+    e = z.clamp_min(log_floor(z.dtype) + math.log(k)).exp_()
+    total = e.sum(-1, keepdim=True)
+    return z.sub_(total.log()), e.div_(total)
 
 
 class _GumbelSoftmaxLogSample(torch.autograd.Function):
-    """``y = log_softmax((logits + gumbel) / temperature)`` and ``x = floored_exp(y)``.
+    """``y = log_softmax((logits + gumbel) / temperature)`` and ``x = softmax(...)``, floored.
 
     One fused node instead of torch's add/div/log_softmax/exp chain: the forward pass
     writes into the caller's noise buffer, and the backward pass needs one full-size
@@ -66,10 +76,9 @@ class _GumbelSoftmaxLogSample(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, temperature: Tensor, gumbel: Tensor) -> tuple[Tensor, Tensor]:
-        y = _log_softmax_inplace(gumbel.add_(logits).div_(temperature))
+        y, x = _log_softmax_and_softmax(gumbel.add_(logits).div_(temperature))
         if y is gumbel:
             ctx.mark_dirty(gumbel)  # the output is the noise buffer, written in place
-        x = floored_exp(y)
         ctx.save_for_backward(temperature, y, x)
         ctx.set_materialize_grads(False)
         return y, x
@@ -122,7 +131,7 @@ def gumbel_softmax_log_sample(
     Example::
 
         >>> from pyro_concrete.ops import draw_gumbel
-        >>> g, _ = draw_gumbel(torch.Size([5, 3]), torch.float64, torch.device("cpu"))
+        >>> g = draw_gumbel(torch.Size([5, 3]), torch.float64, torch.device("cpu"))
         >>> y, x = gumbel_softmax_log_sample(torch.zeros(3), torch.tensor(0.5), g)
     """
     if not consume_noise:
@@ -156,18 +165,25 @@ def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor)
     return scores.sum(-1) + _log_constant(value.shape[-1], temperature.squeeze(-1))
 
 
-def exp_concrete_log_density_at_noise(
-    noise_log_density: Tensor, num_categories: int, temperature: Tensor
-) -> Tensor:
-    """ExpConcrete log-density of its own sample ``log_softmax((θ + G) / τ)``.
+def exp_concrete_log_density_of_own_sample(log_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
+    """ExpConcrete log-density of its own reparameterised sample, along the sample path.
 
-    At that point ``θ_k - τ y_k = -G_k + c`` with ``c`` shared by all ``k``, so the
-    general formula collapses to ``lgamma K + (K-1) log τ + sum_k log E_k - K log sum_k E_k``
-    with ``E = exp(-G)``: no logits, no log-sum-exp over the sample, and exact even where
-    the sample's probabilities underflow. ``noise_log_density`` is the second returned
-    value of :func:`draw_gumbel`.
+    At ``y = log_softmax((θ + G) / τ)`` one has ``θ_k - τ y_k = -G_k + c`` with ``c``
+    shared by all ``k``, so the general formula is
+    ``lgamma K + (K-1) log τ + sum_k log E_k - K log sum_k E_k`` with ``E = exp(-G)``: a
+    term of the noise alone plus ``(K-1) log τ``. As a function of ``(θ, τ)`` with the
+    noise held fixed its derivatives are ``0`` and ``(K-1)/τ``. Here the noise term is
+    evaluated from ``y`` without building a graph, and only ``(K-1) log τ`` is
+    differentiated: the same value and the same total gradients as differentiating the
+    general formula through the sample, with no backward pass over the sample.
+
+    Only for the sample's own graph (``y`` as returned by the sampler for these
+    ``logits`` and ``temperature``); the score of a fixed value needs
+    :func:`exp_concrete_log_density`.
     """
-    return noise_log_density + _log_constant(num_categories, temperature)
+    with torch.no_grad():
+        noise_term = torch.log_softmax(logits - temperature.unsqueeze(-1) * log_value, dim=-1).sum(-1)
+    return noise_term + _log_constant(log_value.shape[-1], temperature)
 
 
 def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:

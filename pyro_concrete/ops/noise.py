@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["draw_gumbel", "draw_logistic", "draw_softmax_noise", "neg_logistic_log_density", "safe_log"]
+__all__ = [
+    "draw_gumbel",
+    "draw_logistic",
+    "draw_softmax_noise",
+    "neg_logistic_log_density",
+    "safe_log",
+]
 
 
 def _smallest_subnormal(dtype: torch.dtype) -> float:
@@ -26,35 +32,26 @@ def safe_log(x: Tensor) -> Tensor:
     return x.clamp_min(_smallest_subnormal(x.dtype)).log()
 
 
-def draw_gumbel(
-    shape: torch.Size, dtype: torch.dtype, device: torch.device, *, log_density: bool = True
-) -> tuple[Tensor, Tensor | None]:
-    """Draws standard Gumbel noise and the ExpConcrete log-density it implies.
+def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Draws standard Gumbel noise ``G = -log(-log U)``, ``U ~ Uniform[tiny, 1)``.
 
-    Uses ``G = -log(-log U)`` with ``U ~ Uniform[tiny, 1)``: a uniform draw is about 8x
-    cheaper than ``Tensor.exponential_`` on CPU, and starting the interval at the smallest
-    normal float removes the need to clamp ``U = 0`` afterwards. The tails are those of the
-    floating-point grid of ``U`` (``G`` in about [-4.5, 16.6] in float32, [-6.5, 36.7] in
-    float64), as for every sampler built on ``torch.rand``.
+    A uniform draw is about 8x cheaper than ``Tensor.exponential_`` on CPU, and starting
+    the interval at the smallest normal float removes the need to clamp ``U = 0``
+    afterwards. The tails are those of the floating-point grid of ``U`` (``G`` in about
+    [-4.5, 16.6] in float32, [-6.5, 36.7] in float64), as for every sampler built on
+    ``torch.rand``.
 
     Returns:
-        gumbel (Tensor): noise of shape ``shape`` (a fresh buffer the caller owns).
-        noise_log_density (Tensor): ``sum_k log E_k - K log sum_k E_k`` of shape
-            ``shape[:-1]``, the part of the ExpConcrete log-density of the sample
-            ``log_softmax((θ + G) / τ)`` that depends on the noise only (see
-            :func:`exp_concrete_log_density_at_noise`); None if ``log_density`` is False
-            (straight-through estimators, which never score the soft sample, skip its two
-            row reductions).
+        Tensor: noise of shape ``shape`` (a fresh buffer the caller owns).
+
+    Example::
+
+        >>> g = draw_gumbel(torch.Size([1000, 3]), torch.float32, torch.device("cpu"))
+        >>> (g + torch.tensor([0.0, 1.0, 2.0])).argmax(-1)   # Categorical(softmax([0, 1, 2]))
     """
     tiny = torch.finfo(dtype).tiny
     noise = torch.empty(shape, dtype=dtype, device=device).uniform_(tiny, 1.0)
-    noise.log_().neg_()  # E ~ Exponential(1), strictly positive
-    if not log_density:
-        return noise.log_().neg_(), None
-    log_sum_e = noise.sum(-1).log_()
-    noise.log_()  # log E = -G
-    noise_log_density = noise.sum(-1).sub_(log_sum_e, alpha=shape[-1])
-    return noise.neg_(), noise_log_density
+    return noise.log_().neg_().log_().neg_()
 
 
 def draw_logistic(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -103,27 +100,19 @@ def neg_logistic_log_density(t: Tensor) -> Tensor:
     return F.softplus(magnitude, threshold=threshold).mul_(2).sub_(magnitude)
 
 
-def draw_softmax_noise(
-    shape: torch.Size, dtype: torch.dtype, device: torch.device, *, log_density: bool = True
-) -> tuple[Tensor, Tensor | None]:
+def draw_softmax_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Noise for ``softmax((θ + noise) / τ)``, as :func:`draw_gumbel`, half the cost for K = 2.
 
     The Concrete sample and its argmax depend on the Gumbel noise only through its
     differences within a row. For ``K = 2`` the difference ``G_1 - G_2`` is standard
     Logistic, so ``(L, 0)`` with ``L`` from :func:`draw_logistic` gives samples with
-    exactly the law of ``(G_1, G_2)``'s, from half the random numbers; the noise part of the
-    ExpConcrete log-density is then ``-h(L)`` (:func:`neg_logistic_log_density`). For other
-    ``K`` this is :func:`draw_gumbel`. Not for estimators that need each coordinate to be
+    exactly the law of ``(G_1, G_2)``'s, from half the random numbers. For other ``K``
+    this is :func:`draw_gumbel`. Not for estimators that need each coordinate to be
     Gumbel (Gumbel-Rao's conditional noise): use :func:`draw_gumbel` there.
-
-    Returns:
-        ``(noise, noise_log_density)`` as :func:`draw_gumbel` (the density None unless
-        ``log_density``).
     """
     if shape[-1] != 2:
-        return draw_gumbel(shape, dtype, device, log_density=log_density)
+        return draw_gumbel(shape, dtype, device)
     noise = torch.empty(shape, dtype=dtype, device=device)
     noise[..., 1] = 0.0
-    difference = draw_logistic(shape[:-1], dtype, device)
-    noise[..., 0] = difference
-    return noise, neg_logistic_log_density(difference).neg_() if log_density else None
+    noise[..., 0] = draw_logistic(shape[:-1], dtype, device)
+    return noise

@@ -163,7 +163,7 @@ def conditional_gumbel(
 
     Example::
 
-        >>> g, _ = draw_gumbel(torch.Size([4, 3]), torch.float64, torch.device("cpu"))
+        >>> g = draw_gumbel(torch.Size([4, 3]), torch.float64, torch.device("cpu"))
         >>> d = torch.tensor([[0], [1], [2], [2]])
         >>> gc = conditional_gumbel(torch.zeros(3), d, g)
         >>> bool(((torch.zeros(3) + gc).argmax(-1, keepdim=True) == d).all())
@@ -181,7 +181,7 @@ def conditional_gumbel(
 
 
 def _gumbel_max(logits: Tensor, shape: torch.Size) -> Tensor:
-    gumbel, _ = draw_softmax_noise(shape, logits.dtype, logits.device, log_density=False)
+    gumbel = draw_softmax_noise(shape, logits.dtype, logits.device)
     return gumbel.add_(logits).argmax(-1, keepdim=True)
 
 
@@ -284,12 +284,12 @@ def sample_one_hot(
     draws = rao_samples if estimator == "gumbel_rao" else 1
     if draws == 1:
         # Only differences of the noise within a row matter to the soft sample and its argmax.
-        noise, _ = draw_softmax_noise(shape, logits.dtype, logits.device, log_density=False)
+        noise = draw_softmax_noise(shape, logits.dtype, logits.device)
         y, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), noise, consume_noise=True)
         return _HardOneHot.apply(x, y.argmax(-1, keepdim=True))
     # The first draw decides D and is itself a draw of the noise given D; the others are
     # drawn given D.
-    gumbel, _ = draw_gumbel(torch.Size([draws]) + shape, logits.dtype, logits.device, log_density=False)
+    gumbel = draw_gumbel(torch.Size([draws]) + shape, logits.dtype, logits.device)
     index = (gumbel[0] + logits).argmax(-1, keepdim=True)
     conditional_gumbel(logits, index, gumbel[1:], consume_noise=True)
     _, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), gumbel, consume_noise=True)
