@@ -47,6 +47,16 @@ def floored_exp(y: Tensor) -> Tensor:
     return y.clamp_min(log_floor(y.dtype)).exp_()
 
 
+def log_softmax(a: Tensor) -> Tensor:
+    """``torch.log_softmax(a, -1)``, by elementwise operations along a short last dimension
+    (differentiable; components whose softmax is below the smallest normal float are left
+    out of the normaliser, a relative change below ``K tiny``)."""
+    if a.shape[-1] >= _SHORT_LAST_DIM:
+        return torch.log_softmax(a, dim=-1)
+    shifted = a - a.amax(-1, keepdim=True)
+    return shifted - floored_exp(shifted).sum(-1, keepdim=True).log()
+
+
 def _log_softmax_and_softmax(z: Tensor) -> tuple[Tensor, Tensor]:
     """``(log_softmax(z, -1), floored softmax)``, overwriting ``z`` on the short-K route.
 
@@ -161,7 +171,7 @@ def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor)
         temperature (Tensor): shape broadcastable with ``value.shape[:-1]``.
     """
     temperature = temperature.unsqueeze(-1)
-    scores = torch.log_softmax(logits - temperature * value, dim=-1)
+    scores = log_softmax(logits - temperature * value)
     return scores.sum(-1) + _log_constant(value.shape[-1], temperature.squeeze(-1))
 
 
@@ -182,7 +192,7 @@ def exp_concrete_log_density_of_own_sample(log_value: Tensor, logits: Tensor, te
     :func:`exp_concrete_log_density`.
     """
     with torch.no_grad():
-        noise_term = torch.log_softmax(logits - temperature.unsqueeze(-1) * log_value, dim=-1).sum(-1)
+        noise_term = log_softmax(logits - temperature.unsqueeze(-1) * log_value).sum(-1)
     return noise_term + _log_constant(log_value.shape[-1], temperature)
 
 
