@@ -434,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("ratio: against Concrete (ours), except torch ExpRelaxedCategorical: against ExpConcrete (ours).")
     print("F.gumbel_softmax has no log_prob: its 'full' is the sample + backward of (W * x).sum() only.")
-    print("Ours score their own latest sample in closed form from the noise drawn by rsample (see the")
-    print("ExpConcrete docstring), so part of log_prob's work is in rsample: 'full' is the fair total.")
+    print("Ours score their own latest sample along its path from the remembered log-space sample")
+    print("(see the ExpConcrete docstring): no backward pass over the sample for the density.")
     if raised:
         print("* raised ValueError on its own samples under torch's default validation (calls that raised")
         print("  are not timed; validate_args=False favours the anchor):")
