@@ -6,7 +6,6 @@ validated, so that every family fails the same way on the same bad input.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -79,8 +78,10 @@ def _invalid(name: str, value: Tensor, expected: str) -> ValueError:
 
 
 def _check_temperature(temperature: Tensor) -> None:
-    if not torch._is_all_true(constraints.positive_finite.check(temperature)):
-        raise _invalid("temperature", temperature, "positive and finite")
+    # Below the smallest normal float, (θ + G) / τ overflows: not a usable temperature.
+    tiny = torch.finfo(temperature.dtype).tiny
+    if not torch._is_all_true(constraints.positive_finite.check(temperature) & (temperature >= tiny)):
+        raise _invalid("temperature", temperature, "positive, finite and at least the smallest normal float")
 
 
 def _check_logits(logits: Tensor) -> None:
@@ -130,9 +131,13 @@ def concrete_parameters(
         raise ValueError(
             f"{name} must have at least {event_dim} dimension(s), got shape {tuple(given.shape)}"
         )
-    checked = validate and isinstance(temperature, (float, int)) and 0 < temperature < math.inf
+    number = temperature if isinstance(temperature, (float, int)) else None
     temperature = _as_float_tensor("temperature", temperature, like=given)
     dtype = torch.promote_types(given.dtype, temperature.dtype)
+    # A Python number needs no tensor check if it is a normal float of the dtype (one that
+    # rounds to 0, a subnormal or inf there is checked, and rejected, as a tensor).
+    info = torch.finfo(dtype)
+    checked = validate and number is not None and info.tiny <= number <= info.max
     given, temperature = given.to(dtype), temperature.to(dtype)
     if validate:
         if not checked:  # a valid Python number needs no tensor check

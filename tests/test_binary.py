@@ -550,3 +550,30 @@ def test_value_outside_support_raises_under_validation():
     assert ((x == 0) | (x == 1)).any() and torch.isfinite(d.log_prob(x)).all()
     # Without validation nothing is checked (torch's convention).
     BinaryConcrete(0.5, logits=torch.zeros(3), validate_args=False).log_prob(torch.tensor([0.5, 0.2, 0.1]))
+
+
+@pytest.mark.parametrize("how", ["requires_grad_", "detach_", "on_path"])
+def test_own_sample_routes_match_a_copy(how):
+    """BinaryConcrete's remembered logit must give the same value, score and derivative with
+    respect to the value as scoring a copy, whichever way the sample was obtained."""
+    logits = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    d = BinaryConcrete(temperature, logits=logits)
+    if how == "requires_grad_":
+        value = d.sample().requires_grad_()
+    else:
+        value = d.rsample()
+        if how == "detach_":
+            value.detach_()
+    lp = d.log_prob(value)
+    copy = value.detach().clone().requires_grad_(value.requires_grad)
+    expected = d.log_prob(copy)
+    torch.testing.assert_close(lp, expected, rtol=1e-10, atol=1e-10)
+    if how == "on_path":  # total derivative along the sample path: compare with the chain rule
+        return
+    wrt_a = [logits, temperature, value] if value.requires_grad else [logits, temperature]
+    wrt_b = [logits, temperature, copy] if value.requires_grad else [logits, temperature]
+    for a, b in zip(
+        torch.autograd.grad(lp.sum(), wrt_a), torch.autograd.grad(expected.sum(), wrt_b), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)

@@ -213,3 +213,13 @@ def test_validation_follows_torch_default():
     assert not d._validate_args
     torch.distributions.Distribution.set_default_validate_args(True)
     assert d._validate_args  # like torch: follows the global default when not given
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize(
+    "temperature, dtype", [(1e-50, torch.float32), (1e39, torch.float32), (1e-8, torch.float16)]
+)
+def test_python_temperature_that_does_not_fit_the_dtype(cls, temperature, dtype):
+    """A float that rounds to 0 or inf in the logits' dtype is not a temperature."""
+    with pytest.raises(ValueError, match="temperature"):
+        cls(temperature, logits=torch.randn(3).to(dtype))

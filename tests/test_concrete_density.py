@@ -151,3 +151,55 @@ def test_score_of_a_sample_drawn_without_graph(cls):
         ):
             assert b.abs().max() > 0
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def _score_of_copy(cls, d, value, params):
+    copy = value.detach().clone().requires_grad_(value.requires_grad)
+    lp = d.log_prob(copy)
+    wrt = [*params, copy] if value.requires_grad else list(params)
+    return lp, torch.autograd.grad(lp.sum(), wrt)
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete])
+@pytest.mark.parametrize("how", ["requires_grad_", "detach_"])
+def test_own_sample_off_its_path_is_scored_as_a_fixed_value(cls, how):
+    """A remembered sample that no longer carries rsample's graph (a new leaf after
+    requires_grad_(), or detached in place) must be scored like any other value: score and
+    derivative with respect to the value both right."""
+    logits = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)
+    d = cls(temperature, logits=logits)
+    if how == "requires_grad_":
+        value = d.sample().requires_grad_()
+    else:
+        value = d.rsample()
+        value.detach_()
+    params = (logits, temperature)
+    lp = d.log_prob(value)
+    expected_lp, expected = _score_of_copy(cls, d, value, params)
+    torch.testing.assert_close(lp, expected_lp, rtol=1e-10, atol=1e-10)
+    wrt = [*params, value] if value.requires_grad else list(params)
+    for a, b in zip(torch.autograd.grad(lp.sum(), wrt), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete])
+def test_in_place_change_under_inference_mode_is_seen(cls):
+    d = cls(0.6, logits=torch.randn(5, 4, dtype=torch.float64))
+    other = cls(1.3, logits=torch.randn(5, 4, dtype=torch.float64)).sample()
+    with torch.inference_mode():
+        value = d.rsample()
+        value.copy_(other)
+        lp = d.log_prob(value)
+    torch.testing.assert_close(lp, d.log_prob(other))
+
+
+def test_exp_concrete_own_sample_is_not_differentiable_in_the_sample_silently():
+    """The own-sample route gives the total derivative with respect to the parameters; a
+    derivative with respect to the sample tensor itself must not come out as a silent 0."""
+    d = ExpConcrete(0.6, logits=torch.randn(4, requires_grad=True))
+    y = d.rsample()
+    with pytest.raises(RuntimeError, match="not have been used in the graph"):
+        torch.autograd.grad(d.log_prob(y), y)
+    grad_copy = torch.autograd.grad(d.log_prob(y.clone()), y)[0]  # the general formula
+    assert grad_copy.abs().max() > 0

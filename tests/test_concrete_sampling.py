@@ -140,3 +140,12 @@ def test_pathwise_gradient_matches_derivative_of_exact_expectation():
     g_logits, g_tau = _per_sample_pathwise_gradients(logits, temperature, n, lambda x: x[..., 0], seed=3)
     for g, exact in ((g_logits[:, 0], exact_d_theta), (g_tau, exact_d_tau)):
         assert abs(g.mean().item() - exact) < 3 * g.std().item() / math.sqrt(n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_argmax_is_categorical_in_half_precision(dtype):
+    """Half-precision noise is drawn in float32: its tails decide rare categories."""
+    logits = torch.tensor([0.0, -3.0, -6.0, 1.0])
+    n = 200_000
+    counts = np.bincount(Concrete(1.0, logits=logits.to(dtype)).sample((n,)).argmax(-1).numpy(), minlength=4)
+    assert stats.chisquare(counts, n * softmax(logits.double().numpy())).pvalue > P_THRESHOLD

@@ -11,8 +11,10 @@ changes that make it wrong).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor
 
 __all__ = ["OwnSampleMemory", "tensor_version"]
@@ -30,6 +32,8 @@ def tensor_version(t: Tensor) -> int | None:
 class _Memory(NamedTuple):
     value: Tensor
     version: int | None
+    grad_fn: Any  # the node that produced ``value`` in rsample (None without a graph)
+    witness: Tensor | None  # a copy of an inference-mode value (it has no version counter)
     state: Any
 
 
@@ -38,22 +42,60 @@ class OwnSampleMemory:
 
     ``_remember(value, state)`` stores ``state`` for the tensor ``value`` that ``rsample``
     returns; ``_recall(value)`` gives it back only for that very tensor, unmodified (same
-    object, same version counter), and None for anything else, which must then be scored
-    from its value alone. The memory is not pickled, and a fresh instance (``expand``,
-    unpickling) starts without one.
+    object, same version counter; for inference-mode tensors, which have no version
+    counter, equal to a copy taken at sampling time), and None for anything else, which
+    must then be scored from its value alone. Changes made through ``.data`` bypass
+    autograd's version counter and are not seen (as for autograd itself). The memory is
+    not pickled, and a fresh instance (``expand``, unpickling) starts without one.
     """
 
     _own_sample: _Memory | None = None
 
     def _remember(self, value: Tensor, state: Any) -> Tensor:
-        self._own_sample = _Memory(value, tensor_version(value), state)
+        version = tensor_version(value)
+        witness = value.clone() if version is None else None
+        self._own_sample = _Memory(value, version, value.grad_fn, witness, state)
         return value
 
     def _recall(self, value: Tensor) -> Any | None:
         own = self._own_sample
-        if own is not None and value is own.value and tensor_version(value) == own.version:
-            return own.state
-        return None
+        if own is None or value is not own.value or tensor_version(value) != own.version:
+            return None
+        if own.witness is not None and not torch.equal(value, own.witness):
+            return None
+        return own.state
+
+    def _recall_on_path(self, value: Tensor) -> Any | None:
+        """The state of the own sample while ``value`` still carries the graph of ``rsample``
+        (its ``grad_fn`` is the sampler's), None otherwise."""
+        state = self._recall(value)
+        if state is None or value.grad_fn is None or value.grad_fn is not self._own_sample.grad_fn:
+            return None
+        return state
+
+    def _recall_pre_image(self, value: Tensor, inverse: Callable[[Tensor], Tensor]) -> Tensor | None:
+        """The exact pre-image ``y`` of the own sample ``value`` (``value = f(y)``), wired
+        for autograd as ``value`` is.
+
+        While ``value`` still carries the graph of ``rsample``, ``y`` with its graph: every
+        gradient then flows through the sample path. Otherwise (drawn by ``sample()`` or
+        under ``no_grad``, detached in place, or a new leaf after ``requires_grad_()``), the
+        exact ``y`` without its graph, plus ``inverse(value) - inverse(value).detach()``
+        when ``value`` requires grad: the value of ``y`` and the derivative of
+        ``inverse``, so a score ``d log p(x) / d params`` at the fixed ``x`` and a
+        derivative with respect to ``x`` are both right. None if ``value`` is not the own
+        sample.
+        """
+        y = self._recall(value)
+        if y is None:
+            return None
+        if value.grad_fn is not None and value.grad_fn is self._own_sample.grad_fn:
+            return y
+        y = y.detach()
+        if value.requires_grad:
+            pre_image = inverse(value)
+            y = y + (pre_image - pre_image.detach())
+        return y
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -127,7 +127,7 @@ class BinaryConcrete(_BinaryConcreteFamily):
         return self._remember(torch.sigmoid(logit_value), logit_value)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        logit_value = self._recall(value)
+        logit_value = self._recall_pre_image(value, ops.safe_logit)
         if logit_value is not None:
             return ops.binary_concrete_log_density_at_logit(logit_value, self.logits, self.temperature)
         if self._validate_args:

@@ -35,25 +35,6 @@ class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
         temperature = self.temperature.unsqueeze(-1)
         return ops.gumbel_softmax_log_sample(self.logits, temperature, noise, consume_noise=True)
 
-    def _exp_log_prob(self, value: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The ExpConcrete log-density of ``value``'s log-space point, and that point.
-
-        For the distribution's own most recent sample this is the density along the
-        sample path (:func:`~pyro_concrete.ops.exp_concrete_log_density_of_own_sample`)
-        when ``value`` carries the sample's graph, or when no parameter requires grad. A
-        sample drawn without a graph (``sample()``, ``no_grad``) is scored by the general
-        formula at its exact ``y``, so that the score ``d log p(x) / d logits`` at a fixed
-        ``x`` is right. Returns None for the point when ``value`` is not the own sample.
-        """
-        log_value = self._recall(value)  # the remembered y of the own sample
-        if log_value is None:
-            return None, None
-        if value.requires_grad or not self._parameters_require_grad():
-            density = ops.exp_concrete_log_density_of_own_sample(log_value, self.logits, self.temperature)
-        else:
-            density = ops.exp_concrete_log_density(log_value, self.logits, self.temperature)
-        return density, log_value
-
 
 class ExpConcrete(_ConcreteFamily):
     r"""The Concrete distribution in log space (Maddison et al. 2017, appendix C).
@@ -111,13 +92,13 @@ class ExpConcrete(_ConcreteFamily):
         return self._remember(log_value, log_value)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        density, _ = self._exp_log_prob(value)
-        if density is not None:
-            # A zero-weighted link keeps the result in the graph of the logits (its exact
-            # total derivative with respect to them is zero here). Concrete needs none:
-            # its -sum(y) term depends on them.
-            return density + value[..., 0] * 0 if value.requires_grad else density
-        if self._validate_args:
+        if self._recall_on_path(value) is not None:
+            density = ops.exp_concrete_log_density_of_own_sample(value, self.logits, self.temperature)
+            # Keep the result in the graph of the logits (its total derivative there is 0),
+            # but not in that of the sample: see the class docstring.
+            return density + self.logits[..., 0] * 0 if self.logits.requires_grad else density
+        # The own sample is known to be in the support: no validation pass for it.
+        if self._validate_args and self._recall(value) is None:
             self._validate_sample(value)
         return ops.exp_concrete_log_density(value, self.logits, self.temperature)
 
@@ -166,12 +147,16 @@ class Concrete(_ConcreteFamily):
         return self._remember(value, log_value)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        density, log_value = self._exp_log_prob(value)
-        if density is not None:
+        log_value = self._recall_on_path(value)  # y of the own sample, on its graph
+        if log_value is not None:
+            density = ops.exp_concrete_log_density_of_own_sample(log_value, self.logits, self.temperature)
             return density - log_value.sum(-1)
-        if self._validate_args:
-            self._validate_sample(value)
-        return ops.concrete_log_density(value, self.logits, self.temperature)
+        log_value = self._recall_pre_image(value, ops.safe_log)  # y of a detached own sample
+        if log_value is None:
+            if self._validate_args:
+                self._validate_sample(value)
+            log_value = ops.safe_log(value)
+        return ops.concrete_log_density_at_log_value(log_value, self.logits, self.temperature)
 
 
 GumbelSoftmax = Concrete

@@ -14,9 +14,11 @@ from .binary import (
     binary_concrete_log_density_at_logit,
     binary_concrete_logit_sample,
     logit_binary_concrete_log_density,
+    safe_logit,
 )
 from .concrete import (
     concrete_log_density,
+    concrete_log_density_at_log_value,
     exp_concrete_log_density,
     exp_concrete_log_density_of_own_sample,
     gumbel_softmax_log_sample,
@@ -41,6 +43,7 @@ __all__ = [
     "binary_straight_through_sample",
     "check_estimator",
     "concrete_log_density",
+    "concrete_log_density_at_log_value",
     "conditional_gumbel",
     "conditional_logistic",
     "draw_gumbel",
@@ -52,6 +55,7 @@ __all__ = [
     "logit_binary_concrete_log_density",
     "neg_logistic_log_density",
     "safe_log",
+    "safe_logit",
     "sample_binary",
     "sample_one_hot",
     "straight_through_sample",

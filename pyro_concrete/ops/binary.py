@@ -31,6 +31,7 @@ __all__ = [
     "binary_concrete_log_density_at_logit",
     "binary_concrete_logit_sample",
     "logit_binary_concrete_log_density",
+    "safe_logit",
 ]
 
 
@@ -123,7 +124,12 @@ def binary_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tens
         logits (Tensor): logits θ, broadcastable with ``value``.
         temperature (Tensor): temperature τ, broadcastable with ``value``.
     """
-    log_x = safe_log(value)
-    below_one = 1.0 - torch.finfo(value.dtype).eps / 2
-    log_1mx = torch.log1p(-value.clamp_max(below_one))
-    return logit_binary_concrete_log_density(log_x - log_1mx, logits, temperature) - log_x - log_1mx
+    return binary_concrete_log_density_at_logit(safe_logit(value), logits, temperature)
+
+
+def safe_logit(x: Tensor) -> Tensor:
+    """``log x - log1p(-x)`` with ``0.0`` read as the smallest subnormal float (see
+    :func:`~pyro_concrete.ops.safe_log`) and ``1.0`` as ``1 - eps/2``: finite on ``[0, 1]``,
+    with finite gradients."""
+    below_one = 1.0 - torch.finfo(x.dtype).eps / 2
+    return safe_log(x) - torch.log1p(-x.clamp_max(below_one))

@@ -18,6 +18,7 @@ from .noise import safe_log
 
 __all__ = [
     "concrete_log_density",
+    "concrete_log_density_at_log_value",
     "exp_concrete_log_density",
     "exp_concrete_log_density_of_own_sample",
     "floored_exp",
@@ -47,14 +48,12 @@ def floored_exp(y: Tensor) -> Tensor:
     return y.clamp_min(log_floor(y.dtype)).exp_()
 
 
-def log_softmax(a: Tensor) -> Tensor:
-    """``torch.log_softmax(a, -1)``, by elementwise operations along a short last dimension
-    (differentiable; components whose softmax is below the smallest normal float are left
-    out of the normaliser, a relative change below ``K tiny``)."""
-    if a.shape[-1] >= _SHORT_LAST_DIM:
-        return torch.log_softmax(a, dim=-1)
-    shifted = a - a.amax(-1, keepdim=True)
-    return shifted - floored_exp(shifted).sum(-1, keepdim=True).log()
+def _log_softmax_inplace(z: Tensor) -> Tensor:
+    """:func:`log_softmax`, overwriting ``z`` on the short-row route."""
+    if z.shape[-1] >= _SHORT_LAST_DIM:
+        return torch.log_softmax(z, dim=-1)
+    z.sub_(z.amax(-1, keepdim=True))
+    return z.sub_(floored_exp(z).sum(-1, keepdim=True).log_())
 
 
 def _log_softmax_and_softmax(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,8 +147,20 @@ def gumbel_softmax_log_sample(
         gumbel = gumbel.clone()
     shape = gumbel.shape
     logits = logits.expand(shape)
-    temperature = temperature.expand(shape[:-1] + (1,))
+    temperature = _scalar_if_uniform(temperature.expand(shape[:-1] + (1,)))
     return _GumbelSoftmaxLogSample.apply(logits, temperature, gumbel)
+
+
+def _scalar_if_uniform(t: Tensor) -> Tensor:
+    """A 0-dim view of ``t`` when ``t`` is one number expanded (all strides 0).
+
+    A float temperature is stored expanded to the batch shape; torch's elementwise kernels
+    broadcast a 0-dim operand about 3x faster than a stride-0 one. Autograd maps gradients
+    of the view back to ``t``.
+    """
+    if t.dim() > 0 and not any(t.stride()):
+        return t.reshape(-1)[0]
+    return t
 
 
 def _log_constant(num_categories: int, temperature: Tensor) -> Tensor:
@@ -170,30 +181,81 @@ def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor)
         logits (Tensor): ``(..., K)``, broadcastable with ``value``.
         temperature (Tensor): shape broadcastable with ``value.shape[:-1]``.
     """
-    temperature = temperature.unsqueeze(-1)
-    scores = log_softmax(logits - temperature * value)
-    return scores.sum(-1) + _log_constant(value.shape[-1], temperature.squeeze(-1))
+    scores = _LogDensityOfScores.apply(value, logits, _scalar_if_uniform(temperature), False)
+    return scores + _log_constant(value.shape[-1], temperature)
 
 
 def exp_concrete_log_density_of_own_sample(log_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
     """ExpConcrete log-density of its own reparameterised sample, along the sample path.
 
     At ``y = log_softmax((θ + G) / τ)`` one has ``θ_k - τ y_k = -G_k + c`` with ``c``
-    shared by all ``k``, so the general formula is
-    ``lgamma K + (K-1) log τ + sum_k log E_k - K log sum_k E_k`` with ``E = exp(-G)``: a
-    term of the noise alone plus ``(K-1) log τ``. As a function of ``(θ, τ)`` with the
-    noise held fixed its derivatives are ``0`` and ``(K-1)/τ``. Here the noise term is
-    evaluated from ``y`` without building a graph, and only ``(K-1) log τ`` is
-    differentiated: the same value and the same total gradients as differentiating the
-    general formula through the sample, with no backward pass over the sample.
+    shared by all ``k``, so the density is ``sum_k log E_k - K log sum_k E_k`` (``E =
+    exp(-G)``), a term of the noise alone, plus ``lgamma K + (K-1) log τ``. Along the sample
+    path (noise fixed) its derivatives are ``0`` in θ and ``(K-1)/τ`` in τ. The noise term
+    is evaluated from ``y`` without a graph and only ``(K-1) log τ`` is differentiated: the
+    value and the total derivatives with respect to the parameters of the general formula
+    differentiated through the sample, with no backward pass over the sample.
 
-    Only for the sample's own graph (``y`` as returned by the sampler for these
-    ``logits`` and ``temperature``); the score of a fixed value needs
-    :func:`exp_concrete_log_density`.
+    The result is not a function of ``log_value`` in autograd's graph: differentiating it
+    with respect to the sample itself needs :func:`exp_concrete_log_density`.
     """
     with torch.no_grad():
-        noise_term = log_softmax(logits - temperature.unsqueeze(-1) * log_value).sum(-1)
+        noise_term = _LogDensityOfScores.forward(None, log_value, logits, temperature, False)
     return noise_term + _log_constant(log_value.shape[-1], temperature)
+
+
+def concrete_log_density_at_log_value(log_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
+    """Concrete log-density of ``x = exp(log_value)``: ``log p_Y(y) - sum_k y_k``.
+
+    Exact wherever ``y`` is known, also where ``exp(y)`` underflows; the Jacobian term is
+    folded into the same autograd node as the density.
+    """
+    scores = _LogDensityOfScores.apply(log_value, logits, _scalar_if_uniform(temperature), True)
+    return scores + _log_constant(log_value.shape[-1], temperature)
+
+
+class _LogDensityOfScores(torch.autograd.Function):
+    """``L = sum_k log_softmax(θ - τ y)_k - c sum_k y_k`` (``c = 1``: the Concrete Jacobian).
+
+    One node with a short backward pass: with ``a = θ - τ y``, ``s = softmax(a)`` and
+    ``w = 1 - K s = dL/da``, ``dL/dθ = w``, ``dL/dy = -τ w - c`` and
+    ``dL/dτ = -sum_k w_k y_k``. Autograd through the elementwise formula would allocate
+    about twice as many full-size temporaries. The backward pass is written in
+    differentiable operations when a graph of it is recorded, so higher-order gradients
+    work too.
+    """
+
+    @staticmethod
+    def forward(ctx, value: Tensor, logits: Tensor, temperature: Tensor, jacobian: bool) -> Tensor:
+        scores = _log_softmax_inplace(torch.addcmul(logits, value, temperature.unsqueeze(-1), value=-1))
+        if ctx is not None:  # None: called for the value alone
+            ctx.save_for_backward(value, logits, temperature, scores)
+            ctx.jacobian = jacobian
+        total = scores.sum(-1)
+        return total.sub_(value.sum(-1)) if jacobian else total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        value, logits, temperature, scores = ctx.saved_tensors
+        k, c = value.shape[-1], float(ctx.jacobian)
+        g = _scalar_if_uniform(grad).unsqueeze(-1)
+        tau = temperature.unsqueeze(-1)
+        s = scores.exp()
+        grad_value = grad_logits = grad_temperature = None
+        if ctx.needs_input_grad[2]:
+            # -sum_k g w_k y_k = -g (sum_k y_k - K sum_k s_k y_k)
+            row = value.sum(-1, keepdim=True) - k * (s * value).sum(-1, keepdim=True)
+            grad_temperature = (-g * row).squeeze(-1).sum_to_size(temperature.shape)
+        if ctx.needs_input_grad[1]:
+            grad_logits = torch.addcmul(g, s, g, value=-k).sum_to_size(logits.shape)
+        if ctx.needs_input_grad[0]:
+            # -τ g w - c g = (τ K g) s - (τ + c) g
+            if torch.is_grad_enabled():  # a graph of this backward is being recorded
+                grad_value = s * (tau * k * g) - (tau + c) * g
+            else:
+                grad_value = s.mul_(tau * k * g).sub_((tau + c) * g)
+            grad_value = grad_value.sum_to_size(value.shape)
+        return grad_value, grad_logits, grad_temperature, None
 
 
 def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
@@ -202,5 +264,4 @@ def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> 
     ``log p_X(x) = log p_Y(log x) - sum_k log x_k``; exact zeros in ``x`` (underflow)
     are read as the smallest subnormal float (see :func:`safe_log`).
     """
-    log_value = safe_log(value)
-    return exp_concrete_log_density(log_value, logits, temperature) - log_value.sum(-1)
+    return concrete_log_density_at_log_value(safe_log(value), logits, temperature)
