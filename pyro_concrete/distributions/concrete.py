@@ -58,14 +58,16 @@ class ExpConcrete(_ConcreteFamily):
     for which the bijection ``u -> log_softmax([u, 0])`` has unit Jacobian.
 
     At the distribution's own most recent reparameterised sample (the same tensor,
-    unmodified, still attached to the graph of ``rsample``), ``θ_k - τ y_k = -G_k + c``
-    with ``c`` shared by all ``k``: the density is a term of the noise alone,
+    unmodified, still on the graph of ``rsample``), ``θ_k - τ y_k = -G_k + c`` with ``c``
+    shared by all ``k``: the density is a term of the noise alone,
     ``Σ log E_k - K log Σ E_k`` with ``E = exp(-G)``, plus ``lgamma K + (K-1) log τ``.
-    ``log_prob`` evaluates the noise term without building a graph and differentiates only
-    ``(K-1) log τ``: the same value and the same total gradients as differentiating the
-    general formula through the sample, and no backward pass over it. Any other value,
-    including a sample drawn without a graph (``sample()``, whose score
-    ``d log p / d logits`` at the fixed value is wanted), goes through the general formula.
+    ``log_prob`` then evaluates the noise term without building a graph and differentiates
+    only ``(K-1) log τ``: the same value and the same total derivatives with respect to
+    the parameters as differentiating the general formula through the sample, and no
+    backward pass over the sample. That result is not a function of the sample tensor in
+    autograd's graph (asking for a derivative with respect to ``y`` itself raises rather
+    than returning 0); to differentiate with respect to the value, score a copy,
+    ``d.log_prob(y.clone())``, which goes through the general formula like any other value.
 
     Args:
         temperature (float or Tensor): positive temperature, one per batch element: it
