@@ -127,6 +127,8 @@ def concrete_parameters(
         )
     name = "logits" if logits is not None else "probs"
     given = _as_float_tensor(name, logits if logits is not None else probs)
+    if event_dim and given.dim() >= 1 and given.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one category, got shape {tuple(given.shape)}")
     if given.dim() < event_dim:
         raise ValueError(
             f"{name} must have at least {event_dim} dimension(s), got shape {tuple(given.shape)}"

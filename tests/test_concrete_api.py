@@ -223,3 +223,9 @@ def test_python_temperature_that_does_not_fit_the_dtype(cls, temperature, dtype)
     """A float that rounds to 0 or inf in the logits' dtype is not a temperature."""
     with pytest.raises(ValueError, match="temperature"):
         cls(temperature, logits=torch.randn(3).to(dtype))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_no_categories(cls):
+    with pytest.raises(ValueError, match="logits"):
+        cls(0.5, logits=torch.zeros(3, 0))

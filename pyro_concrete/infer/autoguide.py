@@ -286,19 +286,15 @@ class AutoConcrete(AutoGuide):
 
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, Tensor]:
-        """The most probable value of each guided site (under the current plates)."""
+        """The most probable value of each guided site, at full plate size (as Pyro's
+        ``AutoNormal.median``: subsampling does not apply outside the guide's call)."""
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        plates = self._create_plates(*args, **kwargs)
         result = {}
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
+        for name, _ in self.prototype_trace.iter_stochastic_nodes():
             if name not in self._sites:
                 continue
-            with ExitStack() as stack:
-                for frame in site["cond_indep_stack"]:
-                    if frame.vectorized:
-                        stack.enter_context(plates[frame.name])
-                logits = attrgetter(name)(self.logits)
+            logits = attrgetter(name)(self.logits)
             result[name] = self._site_distribution(name, logits, 1.0).mode.detach()
         return result
 
