@@ -24,12 +24,9 @@ from pyro_concrete.infer import (
 
 @pytest.fixture(autouse=True)
 def _clean_param_store():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: avoid OpenMP wake-up latency on a loaded CPU
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
-    torch.set_num_threads(previous)
 
 
 PRIOR_Z = torch.tensor([0.5, -0.2, 1.0])

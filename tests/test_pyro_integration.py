@@ -38,12 +38,8 @@ STEPS, PARTICLES = 300, 32
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP wake-up latency on a shared, loaded CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _clean_param_store():
     yield
-    torch.set_num_threads(previous)
     pyro.clear_param_store()
 
 

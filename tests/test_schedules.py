@@ -22,15 +22,6 @@ from pyro_concrete.infer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP wake-up latency on a shared, loaded CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_exponential_decay_is_jang_et_al():
     s = ExponentialDecay(initial=1.0, rate=1e-4, minimum=0.5, every=1000)
     for t in [0, 1, 999, 1000, 1500, 2000, 5999, 6000, 7000, 10**6]:
