@@ -57,21 +57,9 @@ def _log_softmax_inplace(z: Tensor) -> Tensor:
 
 
 def _log_softmax_and_softmax(z: Tensor) -> tuple[Tensor, Tensor]:
-    """``(log_softmax(z, -1), floored softmax)``, overwriting ``z`` on the short-K route.
-
-    Long rows: torch's kernel, then :func:`floored_exp`. Short rows: ``z - max`` in place,
-    ``e = exp(max(z - max, log(K tiny)))``, and ``y = z - log sum e``, ``x = e / sum e``
-    (the sum is at most ``K``, so ``x >= tiny``: no subnormal, no slow path), which saves
-    the second pass of ``exp``.
-    """
-    k = z.shape[-1]
-    if k >= _SHORT_LAST_DIM:
-        y = torch.log_softmax(z, dim=-1)
-        return y, floored_exp(y)
-    z.sub_(z.amax(-1, keepdim=True))
-    e = z.clamp_min(log_floor(z.dtype) + math.log(k)).exp_()
-    total = e.sum(-1, keepdim=True)
-    return z.sub_(total.log()), e.div_(total)
+    """``(log_softmax(z, -1), floored_exp of it)``, overwriting ``z`` on the short-row route."""
+    y = _log_softmax_inplace(z)
+    return y, floored_exp(y)
 
 
 class _GumbelSoftmaxLogSample(torch.autograd.Function):
