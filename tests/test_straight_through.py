@@ -676,3 +676,42 @@ def test_kernels_reject_bad_input(estimator):
             kernel(logits, torch.tensor(-0.1))
         with pytest.raises(ValueError, match="logits"):
             kernel(logits.log(), 0.5)  # -inf
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_guide_side_enumeration_weights_values_like_the_discrete_distribution(binary):
+    """Enumerated in a guide, an ST site has no sample path: TraceEnum_ELBO must weight its
+    values by the guide probabilities exactly as for OneHotCategorical / Bernoulli."""
+    from pyro.infer import TraceEnum_ELBO
+
+    data = torch.tensor([-2.1, 0.3, 1.9, 2.2])
+    locs = torch.tensor([-2.0, 0.0, 2.0])
+    q = torch.randn(4, 3, requires_grad=True)
+
+    def model():
+        with pyro.plate("data", 4):
+            if binary:
+                b = pyro.sample("z", pdist.Bernoulli(logits=torch.zeros(())))
+                mean = 2 * b - 1
+            else:
+                mean = pyro.sample("z", pdist.OneHotCategorical(logits=torch.zeros(3))) @ locs
+            pyro.sample("obs", pdist.Normal(mean, 1.0), obs=data)
+
+    def guide(make):
+        def run():
+            with pyro.plate("data", 4):
+                logits = q[:, 0] if binary else q
+                pyro.sample("z", make(logits), infer={"enumerate": "parallel"})
+
+        return run
+
+    if binary:
+        ours = guide(lambda lg: BinaryConcreteStraightThrough(0.5, logits=lg))
+        reference = guide(lambda lg: pdist.Bernoulli(logits=lg))
+    else:
+        ours = guide(lambda lg: ConcreteStraightThrough(0.5, logits=lg))
+        reference = guide(lambda lg: pdist.OneHotCategorical(logits=lg))
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    loss, expected = elbo.differentiable_loss(model, ours), elbo.differentiable_loss(model, reference)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(torch.autograd.grad(loss, q)[0], torch.autograd.grad(expected, q)[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pyro.distributions.score_parts import ScoreParts
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
@@ -48,6 +49,21 @@ class _StraightThroughFamily(TemperedDistribution):
     def _repr_fields(self) -> list[str]:
         rao = [f"rao_samples: {self.rao_samples}"] if self.estimator == "gumbel_rao" else []
         return [*super()._repr_fields(), f"estimator: {self.estimator!r}", *rao]
+
+    def score_parts(self, value: Tensor) -> ScoreParts:
+        """Pyro's score parts: pathwise for a sample on its ``rsample`` graph, a score
+        function otherwise.
+
+        Pyro treats every value of a reparameterised distribution as carrying its gradient
+        along the sample path (score function 0). A value without a graph (enumerated by
+        ``TraceEnum_ELBO`` in a guide, or drawn without gradients) carries none, so its
+        weight must come from ``log_prob`` like a discrete distribution's, or guide-side
+        enumeration sums the values instead of weighting them.
+        """
+        log_prob = self.log_prob(value)
+        if value.requires_grad:
+            return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
+        return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)
 
     def _shape(self, sample_shape) -> torch.Size:
         return self._extended_shape(torch.Size(sample_shape))
