@@ -383,9 +383,14 @@ def test_deepcopy_and_score_parts(case):
     e = copy.deepcopy(d)
     x = e.rsample()
     _close(d.log_prob(x.clone()), e.log_prob(x.clone()))
-    parts = d.score_parts(x)  # Pyro's ELBOs use these: reparameterised, no score function
-    _close(parts.log_prob, d.log_prob(x))
+    parts = e.score_parts(x)  # Pyro's ELBOs use these: reparameterised, no score function
+    _close(parts.log_prob, e.log_prob(x))
     assert isinstance(parts.score_function, (int, float)) and parts.score_function == 0
+    if d.has_enumerate_support:
+        # a value that is not the distribution's own sample (e.g. enumerated in a guide) has
+        # no sample path: weighted by log_prob, as a discrete distribution's
+        support = d.enumerate_support()
+        _close(d.score_parts(support).score_function, d.log_prob(support))
 
 
 def test_inference_mode(case):

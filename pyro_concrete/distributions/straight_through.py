@@ -16,11 +16,12 @@ from torch.distributions import constraints as torch_constraints
 from .. import constraints, ops
 from ..parameters import Number
 from ._base import TemperedDistribution
+from ._own_sample import OwnSampleMemory
 
 __all__ = ["BinaryConcreteStraightThrough", "ConcreteStraightThrough"]
 
 
-class _StraightThroughFamily(TemperedDistribution):
+class _StraightThroughFamily(OwnSampleMemory, TemperedDistribution):
     """The estimator choice shared by both classes (parameters, expand, repr: see the base)."""
 
     has_rsample = True
@@ -55,13 +56,13 @@ class _StraightThroughFamily(TemperedDistribution):
         function otherwise.
 
         Pyro treats every value of a reparameterised distribution as carrying its gradient
-        along the sample path (score function 0). A value without a graph (enumerated by
-        ``TraceEnum_ELBO`` in a guide, or drawn without gradients) carries none, so its
-        weight must come from ``log_prob`` like a discrete distribution's, or guide-side
-        enumeration sums the values instead of weighting them.
+        along the sample path (score function 0). That holds for this distribution's own
+        most recent sample; any other value (one enumerated by ``TraceEnum_ELBO`` in a
+        guide) has no sample path, so its weight must come from ``log_prob`` like a discrete
+        distribution's, or guide-side enumeration sums the values instead of weighting them.
         """
         log_prob = self.log_prob(value)
-        if value.requires_grad:
+        if self._recall(value) is not None:  # this distribution's own (r)sample
             return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
         return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)
 
@@ -148,9 +149,10 @@ class ConcreteStraightThrough(_StraightThroughFamily):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         # Parameters were read and checked in __init__: straight to the kernel.
-        return ops.sample_one_hot(
+        value = ops.sample_one_hot(
             self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
         )
+        return self._remember(value, True)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log softmax(logits)`` at the category of the one-hot ``value``.
@@ -231,9 +233,10 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
         return -(p * self._log_p1 + (1 - p) * self._log_p0)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        return ops.sample_binary(
+        value = ops.sample_binary(
             self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
         )
+        return self._remember(value, True)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``value · log p + (1 - value) · log(1 - p)``: exact for 0/1 values."""
