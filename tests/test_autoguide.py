@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pyro
@@ -310,3 +311,11 @@ def test_pickle_round_trip():
     for name, value in copy.probs().items():
         torch.testing.assert_close(value, probs[name])
     assert copy.estimator == guide.estimator and isinstance(copy.temperature, ExponentialDecay)
+
+
+@pytest.mark.parametrize(
+    "temperature, error", [(0.0, ValueError), (-1.0, ValueError), (math.inf, ValueError), ("hot", TypeError)]
+)
+def test_bad_temperature(temperature, error):
+    with pytest.raises(error, match="temperature"):
+        AutoConcrete(shapes_model, temperature=temperature)

@@ -22,7 +22,7 @@ from torch.distributions import constraints as torch_constraints
 
 from .. import constraints, ops
 from ..distributions import BinaryConcreteStraightThrough, ConcreteStraightThrough
-from .schedules import TemperatureSchedule
+from .schedules import TemperatureSchedule, _positive
 
 __all__ = ["AutoConcrete", "auto_concrete_guide", "is_concrete_site"]
 
@@ -189,13 +189,8 @@ class AutoConcrete(AutoGuide):
         if isinstance(temperature, TemperatureSchedule):
             if learn_temperature:
                 raise ValueError("temperature must be a float when learn_temperature=True, got a schedule")
-        elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-            raise TypeError(
-                "temperature must be a positive float or a TemperatureSchedule, "
-                f"got {type(temperature).__name__}"
-            )
-        elif not (0 < temperature < float("inf")):
-            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+        else:
+            _positive("temperature", temperature)  # a float, or a TemperatureSchedule above
         if init not in ("prior", "uniform"):
             raise ValueError(f"init must be 'prior' or 'uniform', got {init!r}")
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale >= 0:
