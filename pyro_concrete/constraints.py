@@ -5,6 +5,12 @@ the number of categories ``K``, which rejects correctly rounded float32 points f
 ``K`` (a float32 sum of 1000 terms is off by up to about 1e-4 in the worst case). The
 constraints here accept ``|sum(x) - 1| <= max(1e-6, 4 K eps)``: never stricter than
 torch's, and looser only by the rounding error that summing ``K`` floats can carry.
+
+**Validation policy for cast values.** ``eps`` is that of float32 or of the value's dtype,
+whichever is coarser: a point computed in float32 and then cast to float64 (a sample of a
+float32 distribution scored by a float64 one, data stored in float32) carries float32's
+rounding, which float64's ``eps`` would reject. A value is therefore accepted when it is a
+point of the support rounded to float32 or finer, whatever dtype it is held in.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-__all__ = ["log_simplex", "positive_finite", "simplex", "sum_tolerance"]
+__all__ = ["Pinned", "log_simplex", "positive_finite", "simplex", "sum_tolerance"]
 
 
 def sum_tolerance(value: Tensor) -> float:
@@ -22,8 +28,11 @@ def sum_tolerance(value: Tensor) -> float:
     Each of the ``K`` terms and each partial sum carries a rounding error of at most
     about one unit in the last place, so the sum of a correctly rounded point is off by
     at most a small multiple of ``K eps``; torch's fixed ``1e-6`` is kept as the floor.
+    ``eps`` is never finer than float32's (see the module docstring: values cast from float32
+    validate).
     """
-    return max(1e-6, 4.0 * value.shape[-1] * torch.finfo(value.dtype).eps)
+    eps = max(torch.finfo(value.dtype).eps, torch.finfo(torch.float32).eps)
+    return max(1e-6, 4.0 * value.shape[-1] * eps)
 
 
 class _Simplex(constraints.Constraint):
@@ -37,12 +46,16 @@ class _Simplex(constraints.Constraint):
 
 
 class _LogSimplex(constraints.Constraint):
-    """Finite log-probability vectors: ``y <= 0`` and ``logsumexp(y) == 0`` within rounding."""
+    """Log-probability vectors: ``y <= 0``, not NaN, and ``logsumexp(y) == 0`` within rounding.
+
+    ``-inf`` entries are allowed (a masked category's, whose probability is exactly 0); a row
+    of ``-inf`` only is not (its logsumexp is ``-inf``).
+    """
 
     event_dim = 1
 
     def check(self, value: Tensor) -> Tensor:
-        in_range = ((value <= 0) & (value > -torch.inf)).all(-1)
+        in_range = (value <= 0).all(-1)  # False for NaN
         return in_range & (value.logsumexp(-1).abs() <= sum_tolerance(value))
 
 
@@ -53,6 +66,28 @@ class _PositiveFinite(constraints.Constraint):
 
     def check(self, value: Tensor) -> Tensor:
         return (value > 0) & (value < torch.inf)
+
+
+class Pinned(constraints.Constraint):
+    """Real numbers, except the ``pinned`` entries, which hold ``values`` (``±inf``).
+
+    The logits of a guided site whose prior rules some outcomes out (masked categories,
+    Bernoulli probabilities 0 or 1): the guide never draws them, and the unconstrained
+    parameter (finite, ``0`` at pinned entries) gets zero gradient there.
+    """
+
+    is_discrete = False
+
+    def __init__(self, pinned: Tensor, values: Tensor, event_dim: int) -> None:
+        self.pinned = pinned
+        self.values = values
+        self.event_dim = event_dim
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        pinned, values = self.pinned.to(value.device), self.values.to(value.device, value.dtype)
+        ok = torch.where(pinned, value == values, torch.isfinite(value))
+        return ok.flatten(ok.dim() - self.event_dim).all(-1) if self.event_dim else ok
 
 
 simplex = _Simplex()

@@ -77,35 +77,90 @@ def _invalid(name: str, value: Tensor, expected: str) -> ValueError:
     )
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in: float32 for the half-precision dtypes.
+
+    float16 spans only ``±65504``: ``(θ + G) / τ`` and the log-densities of a relaxed sample
+    leave that range at the temperatures people train with (``τ = 1e-3``), and bfloat16's
+    8-bit mantissa cuts the noise's tails. The kernels read half-precision inputs in
+    float32 and round the samples back.
+    """
+    return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
+
+
+def smallest_temperature(dtype: torch.dtype) -> float:
+    """The smallest temperature accepted for parameters of ``dtype``: ``sqrt(tiny)`` of the
+    dtype the kernels compute in (about ``1.1e-19`` in float32, ``1.5e-154`` in float64).
+
+    Below it ``1 / τ²`` overflows, so the derivative of a sample with respect to the
+    temperature could not be represented.
+    """
+    return torch.finfo(compute_dtype(dtype)).tiny ** 0.5
+
+
+def _has_data(t: Tensor) -> bool:
+    """False on the ``meta`` device, whose tensors have shapes but no values to check."""
+    return t.device.type != "meta"
+
+
 def _check_temperature(temperature: Tensor) -> None:
-    # Below the smallest normal float, (θ + G) / τ overflows: not a usable temperature.
-    tiny = torch.finfo(temperature.dtype).tiny
-    if not torch._is_all_true(constraints.positive_finite.check(temperature) & (temperature >= tiny)):
-        raise _invalid("temperature", temperature, "positive, finite and at least the smallest normal float")
+    if not _has_data(temperature):
+        return
+    smallest = smallest_temperature(temperature.dtype)
+    if not torch._is_all_true(constraints.positive_finite.check(temperature) & (temperature >= smallest)):
+        raise _invalid("temperature", temperature, f"positive, finite and at least {smallest:.3g}")
 
 
-def _check_logits(logits: Tensor) -> None:
-    # One reduction decides the common case; the elementwise test only runs when the
-    # sum is not finite (a NaN or an infinity, or finite logits whose sum overflows).
-    if not torch.isfinite(logits.sum()) and not torch._is_all_true(torch.isfinite(logits)):
-        raise _invalid("logits", logits, "finite (NaN and infinite logits have no Concrete density)")
+def _check_logits(logits: Tensor, event_dim: int) -> None:
+    """NaN is never a logit; ``-inf`` masks a category (a structural zero, as in torch's
+    ``Categorical``); ``+inf`` is a certain outcome of a binary variable but has no meaning
+    among categories; a categorical row needs at least one category that is not masked."""
+    if not _has_data(logits):
+        return
+    # One reduction decides the common case (all finite); the elementwise tests only run
+    # when the sum is not finite (a NaN, an infinity, or finite logits whose sum overflows).
+    if torch.isfinite(logits.sum()):
+        return
+    if torch.isnan(logits).any():
+        raise _invalid("logits", logits, "free of NaN")
+    if event_dim == 0:
+        return
+    if (logits == torch.inf).any():
+        raise _invalid(
+            "logits", logits, "below +inf (-inf masks a category; +inf has no categorical meaning)"
+        )
+    if (logits == -torch.inf).all(-1).any():
+        raise _invalid(
+            "logits", logits, "finite in at least one category of every row (every category is masked)"
+        )
 
 
 def _check_probs(probs: Tensor, event_dim: int) -> None:
+    if not _has_data(probs):
+        return
     if event_dim == 1:
-        ok = (probs > 0).all() & torch._is_all_true(constraints.simplex.check(probs))
-        expected = "strictly positive and to sum to 1 along the last dimension"
+        ok = torch._is_all_true(constraints.simplex.check(probs))
+        expected = "nonnegative and to sum to 1 along the last dimension"
     else:
-        ok = ((probs > 0) & (probs < 1)).all()
-        expected = "in the open interval (0, 1)"
-    if not torch._is_all_true(ok):
+        ok = torch._is_all_true((probs >= 0) & (probs <= 1))
+        expected = "in the closed interval [0, 1]"
+    if not ok:
         raise _invalid("probs", probs, expected)
+
+
+def _logits_of_probs(probs: Tensor, event_dim: int) -> Tensor:
+    """``log p`` (categorical) or ``log p - log1p(-p)`` (binary), with 0 (and 1) sent to
+    ``-inf`` (and ``+inf``) with zero derivative there rather than NaN."""
+    zero, one = probs == 0, probs == 1
+    safe = probs.masked_fill(zero | one, 0.5)
+    logits = safe.log() if event_dim == 1 else safe.log() - torch.log1p(-safe)
+    return logits.masked_fill(zero, -torch.inf).masked_fill(one, torch.inf if event_dim == 0 else 0.0)
 
 
 def concrete_parameters(
     temperature: Tensor | Number,
-    logits: Tensor | None,
     probs: Tensor | None,
+    logits: Tensor | None,
     *,
     event_dim: int,
     validate: bool,
@@ -114,7 +169,7 @@ def concrete_parameters(
 
     Args:
         temperature: a positive float or Tensor (see :func:`temperature_batch_shape`).
-        logits, probs: exactly one of them; ``probs`` are turned into logits by ``log``
+        probs, logits: exactly one of them; ``probs`` are turned into logits by ``log``
             (for ``event_dim == 1``) or ``log(p) - log1p(-p)`` (for ``event_dim == 0``).
         event_dim: 1 for the categorical families, 0 for the binary ones.
         validate: whether to check values (shapes and the logits/probs choice are always
@@ -136,16 +191,19 @@ def concrete_parameters(
     number = temperature if isinstance(temperature, (float, int)) else None
     temperature = _as_float_tensor("temperature", temperature, like=given)
     dtype = torch.promote_types(given.dtype, temperature.dtype)
-    # A Python number needs no tensor check if it is a normal float of the dtype (one that
-    # rounds to 0, a subnormal or inf there is checked, and rejected, as a tensor).
-    info = torch.finfo(dtype)
-    checked = validate and number is not None and info.tiny <= number <= info.max
-    given, temperature = given.to(dtype), temperature.to(dtype)
+    # A Python number needs no tensor check if it lies in the accepted range of the dtype
+    # (one that rounds to 0 or inf there is checked, and rejected, as a tensor).
+    checked = (
+        validate and number is not None and smallest_temperature(dtype) <= number <= torch.finfo(dtype).max
+    )
+    # A 0-dim CPU temperature may come with logits on another device (torch lets such
+    # scalars mix): it is moved to the logits' device once, here.
+    given, temperature = given.to(dtype), temperature.to(device=given.device, dtype=dtype)
     if validate:
         if not checked:  # a valid Python number needs no tensor check
             _check_temperature(temperature)
         if logits is not None:
-            _check_logits(given)
+            _check_logits(given, event_dim)
         else:
             _check_probs(given, event_dim)
     t_shape = temperature_batch_shape(temperature.shape, given.shape, event_dim)
@@ -161,6 +219,23 @@ def concrete_parameters(
     given = given.expand(batch_shape + event_shape)
     temperature = temperature.expand(batch_shape)
     if probs is not None:
-        new_logits = given.log() if event_dim == 1 else given.log() - torch.log1p(-given)
+        # Zero probabilities become -inf logits (masked categories; a binary probability of
+        # 0 or 1 becomes -inf or +inf logits).
+        new_logits = _logits_of_probs(given, event_dim)
         return ConcreteParameters(temperature, new_logits, given, batch_shape, event_shape)
     return ConcreteParameters(temperature, given, None, batch_shape, event_shape)
+
+
+def kernel_temperature(temperature: Tensor | Number, logits: Tensor, event_dim: int) -> Tensor:
+    """The temperature as every public kernel of :mod:`pyro_concrete.ops` reads it.
+
+    One convention for the kernels and the distributions: a Python number or a Tensor with
+    one temperature per batch element (it broadcasts with ``logits.shape[:-event_dim]``);
+    torch's ``(..., 1)`` form, with at least as many dimensions as ``logits``, has its last
+    dimension dropped (see :func:`temperature_batch_shape`). The result is on the logits'
+    device (a 0-dim CPU temperature mixes with logits anywhere, as in torch). Values are not
+    checked here.
+    """
+    t = _as_float_tensor("temperature", temperature, like=logits)
+    t = t.to(device=logits.device)
+    return t.reshape(temperature_batch_shape(t.shape, logits.shape, event_dim))

@@ -28,6 +28,7 @@ these coordinates, so the transform's ``log_abs_det_jacobian`` relative to that 
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import biject_to, transform_to
@@ -41,7 +42,7 @@ from torch.distributions.transforms import (
 
 from . import constraints
 
-__all__ = ["LogSimplexTransform", "LogSoftmaxTransform", "register_transforms"]
+__all__ = ["LogSimplexTransform", "LogSoftmaxTransform", "PinTransform", "register_transforms"]
 
 
 class LogSimplexTransform(Transform):
@@ -128,6 +129,37 @@ class LogSoftmaxTransform(Transform):
         return shape
 
 
+class PinTransform(Transform):
+    """``u ↦ where(pinned, values, u)``: unconstrained logits to :class:`~.constraints.Pinned`."""
+
+    bijective = False  # pinned entries forget u
+
+    def __init__(self, constraint: constraints.Pinned, cache_size: int = 0) -> None:
+        super().__init__(cache_size=cache_size)
+        self._constraint = constraint
+
+    @property
+    def domain(self):
+        return torch_constraints.independent(torch_constraints.real, self._constraint.event_dim)
+
+    @property
+    def codomain(self):
+        return self._constraint
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PinTransform) and other._constraint is self._constraint
+
+    def with_cache(self, cache_size: int = 1) -> PinTransform:
+        return self if self._cache_size == cache_size else PinTransform(self._constraint, cache_size)
+
+    def _call(self, x: Tensor) -> Tensor:
+        c = self._constraint
+        return torch.where(c.pinned.to(x.device), c.values.to(x.device, x.dtype), x)
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return torch.where(self._constraint.pinned.to(y.device), torch.zeros_like(y), y)
+
+
 def _exp(constraint) -> Transform:
     return ExpTransform()
 
@@ -160,6 +192,7 @@ def register_transforms() -> None:
     transform_to.register(constraints.simplex, _softmax)
     biject_to.register(constraints.log_simplex, _log_simplex_bijection)
     transform_to.register(constraints.log_simplex, _log_softmax)
+    transform_to.register(constraints.Pinned, PinTransform)
 
 
 register_transforms()

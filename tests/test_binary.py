@@ -330,10 +330,8 @@ def test_sampler_gradcheck():
     assert gradcheck(f, (logits, temperature))
     assert gradgradcheck(f, (logits, temperature))
     before = noise.clone()
-    f(logits, temperature)
-    assert torch.equal(noise, before)  # consume_noise=False leaves the noise alone
-    y = ops.binary_concrete_logit_sample(logits, temperature, noise, consume_noise=True)
-    assert y.data_ptr() == noise.data_ptr()
+    y = f(logits, temperature)
+    assert torch.equal(noise, before)  # the noise is left alone
     torch.testing.assert_close(y, (before + logits) / temperature)
 
 
@@ -483,7 +481,7 @@ def test_pickle_round_trip(cls):
     for name in ("temperature", "logits", "probs"):
         torch.testing.assert_close(getattr(back, name), getattr(d, name))
     assert back.batch_shape == d.batch_shape
-    assert back._recall(x) is None  # a sample is not part of the distribution
+    assert getattr(back, "_own_sample", None) is None  # a sample is not part of the distribution
     torch.testing.assert_close(back.log_prob(x), d.log_prob(x.clone()))
 
 
@@ -523,7 +521,7 @@ def test_bad_temperature(cls, temperature):
 def test_bad_logits_and_probs(cls):
     with pytest.raises(ValueError, match="logits"):
         cls(0.5, logits=torch.tensor([0.0, math.nan]))
-    for probs in ([0.0, 0.5], [0.5, 1.0], [1.5, 0.5], [-0.1, 0.5], [math.nan, 0.5]):
+    for probs in ([1.5, 0.5], [-0.1, 0.5], [math.nan, 0.5]):  # 0 and 1 are certain outcomes
         with pytest.raises(ValueError, match="probs"):
             cls(0.5, probs=torch.tensor(probs))
     with pytest.raises(ValueError, match="both"):

@@ -135,12 +135,22 @@ def test_bad_temperature(cls, temperature):
 
 
 @pytest.mark.parametrize("cls", CLASSES)
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_bad_logits(cls, bad):
     logits = torch.randn(2, 3)
     logits[1, 2] = bad
     with pytest.raises(ValueError, match="logits"):
         cls(0.5, logits=logits)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_every_category_masked_is_an_error(cls):
+    logits = torch.randn(2, 3)
+    logits[1] = -math.inf  # -inf masks a category; a row with none left has no distribution
+    with pytest.raises(ValueError, match="every category is masked"):
+        cls(0.5, logits=logits)
+    with pytest.raises(ValueError, match="probs"):
+        cls(0.5, probs=torch.zeros(3))
 
 
 def test_huge_but_finite_logits_are_accepted():
@@ -151,7 +161,7 @@ def test_huge_but_finite_logits_are_accepted():
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize(
     "probs",
-    [torch.tensor([0.5, 0.6, -0.1]), torch.tensor([0.2, 0.2, 0.2]), torch.tensor([1.0, 0.0, 0.0])],
+    [torch.tensor([0.5, 0.6, -0.1]), torch.tensor([0.2, 0.2, 0.2]), torch.tensor([1.0, 0.0, 0.1])],
 )
 def test_bad_probs(cls, probs):
     with pytest.raises(ValueError, match="probs"):
@@ -189,7 +199,7 @@ def test_temperature_that_does_not_broadcast():
         (Concrete, torch.tensor([0.2, math.nan, 0.8])),
         (ExpConcrete, torch.tensor([0.5, -1.0, -2.0])),
         (ExpConcrete, torch.tensor([-1.0, -1.0, -1.0])),
-        (ExpConcrete, torch.tensor([0.0, -math.inf, -math.inf])),
+        (ExpConcrete, torch.tensor([-math.inf, -math.inf, -math.inf])),
     ],
 )
 def test_value_outside_support(cls, value):
@@ -217,10 +227,12 @@ def test_validation_follows_torch_default():
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize(
-    "temperature, dtype", [(1e-50, torch.float32), (1e39, torch.float32), (1e-8, torch.float16)]
+    "temperature, dtype",
+    [(1e-50, torch.float32), (1e39, torch.float32), (1e-20, torch.float32), (1e-160, torch.float64)],
 )
 def test_python_temperature_that_does_not_fit_the_dtype(cls, temperature, dtype):
-    """A float that rounds to 0 or inf in the logits' dtype is not a temperature."""
+    """A float that rounds to 0 or inf in the logits' dtype, or is below ``sqrt(tiny)`` (where
+    the temperature's derivative ``1 / τ²`` overflows), is not a temperature."""
     with pytest.raises(ValueError, match="temperature"):
         cls(temperature, logits=torch.randn(3).to(dtype))
 

@@ -18,14 +18,16 @@ __all__ = ["TemperedDistribution"]
 
 
 class TemperedDistribution(TorchDistribution):
-    """A distribution parameterised by a temperature and exactly one of logits or probs.
+    """A distribution parameterised by a temperature and exactly one of probs or logits.
 
-    Subclasses set ``_event_dim`` (1 for the categorical families, 0 for the binary ones)
-    and may extend :meth:`expand` for extra attributes and :meth:`_repr_fields` for the
-    repr. Parameter values are validated by :func:`concrete_parameters` (one clear
-    message per argument, reductions instead of torch's elementwise loop over
-    ``arg_constraints``); ``validate_args=None`` follows torch's global default as torch
-    does.
+    The constructor takes torch's and Pyro's argument order,
+    ``(temperature, probs=None, logits=None, validate_args=None)``, so every class is a
+    drop-in replacement for its torch or Pyro counterpart. Subclasses set ``_event_dim``
+    (1 for the categorical families, 0 for the binary ones) and may extend :meth:`expand`
+    for extra attributes and :meth:`_repr_fields` for the repr. Parameter values are
+    validated by :func:`concrete_parameters` (one clear message per argument, reductions
+    instead of torch's elementwise loop over ``arg_constraints``); ``validate_args=None``
+    follows torch's global default as torch does.
     """
 
     _event_dim: int
@@ -33,12 +35,12 @@ class TemperedDistribution(TorchDistribution):
     def __init__(
         self,
         temperature: Tensor | Number,
-        logits: Tensor | Number | None = None,
         probs: Tensor | Number | None = None,
+        logits: Tensor | Number | None = None,
         validate_args: bool | None = None,
     ) -> None:
         validate = self._validate_args if validate_args is None else validate_args
-        params = concrete_parameters(temperature, logits, probs, event_dim=self._event_dim, validate=validate)
+        params = concrete_parameters(temperature, probs, logits, event_dim=self._event_dim, validate=validate)
         self.temperature = params.temperature
         self.logits = params.logits
         if params.probs is not None:
@@ -52,7 +54,7 @@ class TemperedDistribution(TorchDistribution):
         return torch.softmax(self.logits, dim=-1) if self._event_dim else torch.sigmoid(self.logits)
 
     @classmethod
-    def infer_shapes(cls, temperature=(), logits=None, probs=None, **kwargs):
+    def infer_shapes(cls, temperature=(), probs=None, logits=None, **kwargs):
         """Batch and event shapes from argument shapes, with the temperature rule of ``__init__``."""
         shape = torch.Size(logits if logits is not None else probs)
         split = len(shape) - cls._event_dim
@@ -75,6 +77,11 @@ class TemperedDistribution(TorchDistribution):
         TorchDistribution.__init__(new, batch_shape, self._event_shape, validate_args=False)
         new._set_validate_args(self.__dict__.get("_validate_args"))
         return new
+
+    def _validate_sample(self, value: Tensor) -> None:
+        # A tensor on the meta device has a shape but no values: nothing to check.
+        if value.device.type != "meta":
+            super()._validate_sample(value)
 
     def sample(self, sample_shape=torch.Size()) -> Tensor:
         with torch.no_grad():

@@ -65,37 +65,34 @@ class OwnSampleMemory:
             return None
         return own.state
 
-    def _recall_on_path(self, value: Tensor) -> Any | None:
-        """The state of the own sample while ``value`` still carries the graph of ``rsample``
-        (its ``grad_fn`` is the sampler's), None otherwise."""
-        state = self._recall(value)
-        if state is None or value.grad_fn is None or value.grad_fn is not self._own_sample.grad_fn:
-            return None
-        return state
-
-    def _recall_pre_image(self, value: Tensor, inverse: Callable[[Tensor], Tensor]) -> Tensor | None:
+    def _recall_pre_image(
+        self, value: Tensor, inverse: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, bool] | None:
         """The exact pre-image ``y`` of the own sample ``value`` (``value = f(y)``), wired
-        for autograd as ``value`` is.
+        for autograd as ``value`` is, and whether it is on the sample path; None if ``value``
+        is not the own sample.
 
-        While ``value`` still carries the graph of ``rsample``, ``y`` with its graph: every
-        gradient then flows through the sample path. Otherwise (drawn by ``sample()`` or
+        While ``value`` still carries the graph of ``rsample``, ``y`` with its graph (``True``):
+        every gradient then flows through the sample path. Otherwise (drawn by ``sample()`` or
         under ``no_grad``, detached in place, or a new leaf after ``requires_grad_()``), the
-        exact ``y`` without its graph, plus ``inverse(value) - inverse(value).detach()``
-        when ``value`` requires grad: the value of ``y`` and the derivative of
-        ``inverse``, so a score ``d log p(x) / d params`` at the fixed ``x`` and a
-        derivative with respect to ``x`` are both right. None if ``value`` is not the own
-        sample.
+        exact ``y`` without its graph, plus ``inverse(value) - inverse(value).detach()`` when
+        ``value`` requires grad (``False``): the value of ``y`` and the derivative of
+        ``inverse``, so a score ``d log p(x) / d params`` at the fixed ``x`` and a derivative
+        with respect to ``x`` are both right.
         """
         y = self._recall(value)
         if y is None:
             return None
         if value.grad_fn is not None and value.grad_fn is self._own_sample.grad_fn:
-            return y
+            return y, True
         y = y.detach()
         if value.requires_grad:
             pre_image = inverse(value)
-            y = y + (pre_image - pre_image.detach())
-        return y
+            # Zero in value; where the pre-image is infinite (a masked category, a certain
+            # binary outcome) the derivative is 0 rather than inf - inf.
+            infinite = ~pre_image.isfinite()
+            y = y + (pre_image - pre_image.detach()).masked_fill(infinite, 0.0)
+        return y, False
 
     def __getstate__(self):
         state = self.__dict__.copy()

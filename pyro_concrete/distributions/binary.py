@@ -8,28 +8,43 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
-from .. import constraints, ops
+from .. import constraints
+from ..ops.binary import certain_outcomes, logit_density, logit_of_unit_point, logit_sample
+from ..ops.noise import draw_logistic
+from ..parameters import compute_dtype
 from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
 
 __all__ = ["BinaryConcrete", "LogitBinaryConcrete"]
 
 
-class _BinaryConcreteFamily(OwnSampleMemory, TemperedDistribution):
+class _BinaryConcreteFamily(TemperedDistribution):
     """Sampling shared by both classes (parameters, expand, repr: see TemperedDistribution)."""
 
     arg_constraints = {
         "temperature": constraints.positive_finite,
         "logits": torch_constraints.real,
-        "probs": torch_constraints.unit_interval,  # validated as the open interval
+        "probs": torch_constraints.unit_interval,
     }
     has_rsample = True
     _event_dim = 0
 
+    def _compute(self) -> tuple[Tensor, Tensor]:
+        """Logits and temperature in the dtype the kernels compute in."""
+        dtype = compute_dtype(self.logits.dtype)
+        return self.logits.to(dtype), self.temperature.to(dtype)
+
     def _logit_rsample(self, sample_shape) -> Tensor:
+        """The LogitBinaryConcrete sample in the compute dtype (float32 for half precision)."""
+        logits, temperature = self._compute()
         shape = self._extended_shape(torch.Size(sample_shape))
-        noise = ops.draw_logistic(shape, self.logits.dtype, self.logits.device)
-        return ops.binary_concrete_logit_sample(self.logits, self.temperature, noise, consume_noise=True)
+        noise = draw_logistic(shape, logits.dtype, logits.device)
+        return logit_sample(logits, temperature, noise, self.logits.dtype, certain_outcomes(self.logits))
+
+    def _logit_density(self, logit_value: Tensor, jacobian: bool) -> Tensor:
+        logits, temperature = self._compute()
+        certain = certain_outcomes(self.logits)
+        return logit_density(logit_value.to(logits.dtype), logits, temperature, certain, jacobian=jacobian)
 
 
 class LogitBinaryConcrete(_BinaryConcreteFamily):
@@ -51,9 +66,10 @@ class LogitBinaryConcrete(_BinaryConcreteFamily):
     Args:
         temperature (float or Tensor): positive, finite temperature, broadcasting with
             ``logits``. May require grad.
-        logits (float or Tensor): log-odds θ (finite; any size, e.g. ±50, works).
-        probs (float or Tensor): probabilities in the open interval (0, 1), turned into
-            logits as ``log p - log1p(-p)``. Give exactly one of ``logits`` and ``probs``.
+        probs (float or Tensor): probabilities in ``[0, 1]``, turned into logits as
+            ``log p - log1p(-p)``. Give exactly one of ``probs`` and ``logits``.
+        logits (float or Tensor): log-odds θ (any size, e.g. ±50, works; ``±inf`` is a
+            certain outcome: the point mass at ``±inf``, whose log-density there is 0).
         validate_args (bool, optional): whether to validate arguments and values.
 
     Example::
@@ -74,15 +90,16 @@ class LogitBinaryConcrete(_BinaryConcreteFamily):
         return (math.pi**2 / 3) / self.temperature.pow(2)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        return self._logit_rsample(sample_shape)
+        return self._logit_rsample(sample_shape).to(self.logits.dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """The log-density at ``value`` (float32 for half-precision parameters)."""
         if self._validate_args:
             self._validate_sample(value)
-        return ops.logit_binary_concrete_log_density(value, self.logits, self.temperature)
+        return self._logit_density(value, jacobian=False)
 
 
-class BinaryConcrete(_BinaryConcreteFamily):
+class BinaryConcrete(OwnSampleMemory, _BinaryConcreteFamily):
     r"""The binary Concrete (relaxed Bernoulli) distribution on the unit interval.
 
     Maddison, Mnih & Teh 2017; Jang, Gu & Poole 2017. A sample is ``x = sigmoid(y)`` for
@@ -107,9 +124,10 @@ class BinaryConcrete(_BinaryConcreteFamily):
     Args:
         temperature (float or Tensor): positive, finite temperature, broadcasting with
             ``logits``. May require grad.
-        logits (float or Tensor): log-odds θ (finite; any size, e.g. ±50, works).
-        probs (float or Tensor): probabilities in the open interval (0, 1). Give exactly
-            one of ``logits`` and ``probs``.
+        probs (float or Tensor): probabilities in ``[0, 1]`` (0 and 1: certain outcomes).
+            Give exactly one of ``probs`` and ``logits``.
+        logits (float or Tensor): log-odds θ (any size, e.g. ±50, works; ``±inf`` is a
+            certain outcome).
         validate_args (bool, optional): whether to validate arguments and values.
 
     Example::
@@ -124,12 +142,16 @@ class BinaryConcrete(_BinaryConcreteFamily):
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         logit_value = self._logit_rsample(sample_shape)
-        return self._remember(torch.sigmoid(logit_value), logit_value)
+        return self._remember(torch.sigmoid(logit_value).to(self.logits.dtype), logit_value)
+
+    def _logit_of(self, value: Tensor) -> Tensor:
+        return logit_of_unit_point(value, self.logits)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        logit_value = self._recall_pre_image(value, ops.safe_logit)
-        if logit_value is not None:
-            return ops.binary_concrete_log_density_at_logit(logit_value, self.logits, self.temperature)
-        if self._validate_args:
-            self._validate_sample(value)
-        return ops.binary_concrete_log_density(value, self.logits, self.temperature)
+        """The log-density at ``value`` (float32 for half-precision parameters)."""
+        own = self._recall_pre_image(value, self._logit_of)  # y of the own sample
+        if own is None:
+            if self._validate_args:
+                self._validate_sample(value)
+            return self._logit_density(self._logit_of(value), jacobian=True)
+        return self._logit_density(own[0], jacobian=True)

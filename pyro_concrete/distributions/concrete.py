@@ -6,15 +6,28 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
-from .. import constraints, ops
+from .. import constraints
+from ..ops.concrete import (
+    _floored_exp as floored_exp,
+)
+from ..ops.concrete import (
+    exp_concrete_log_density_along_path,
+    log_density,
+    log_of_simplex_point,
+    log_sample,
+    mask_for_value,
+    shifted_logits,
+)
+from ..ops.noise import draw_softmax_noise
+from ..parameters import compute_dtype
 from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
 
 __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
 
 
-class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
-    """Sampling and the own-sample density shared by ExpConcrete and Concrete."""
+class _ConcreteFamily(TemperedDistribution):
+    """Sampling and the density shared by ExpConcrete and Concrete."""
 
     arg_constraints = {
         "temperature": constraints.positive_finite,
@@ -28,12 +41,27 @@ class _ConcreteFamily(OwnSampleMemory, TemperedDistribution):
     def num_categories(self) -> int:
         return self._event_shape[0]
 
-    def _draw(self, sample_shape) -> tuple[Tensor, Tensor]:
-        """The ExpConcrete sample ``y`` and the Concrete sample ``x``."""
+    def _compute(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Shifted logits, temperature and the mask, in the dtype the kernels compute in
+        (computed on each call: a distribution's logits may be updated in place)."""
+        dtype = compute_dtype(self.logits.dtype)
+        theta, masked = shifted_logits(self.logits)
+        return theta.to(dtype), self.temperature.to(dtype), masked
+
+    def _log_sample(self, sample_shape) -> tuple[Tensor, Tensor | None]:
+        """The ExpConcrete sample ``y`` in the compute dtype (float32 for half precision), and
+        the mask (None: no masked category)."""
+        logits, temperature, masked = self._compute()
         shape = self._extended_shape(torch.Size(sample_shape))
-        noise = ops.draw_softmax_noise(shape, self.logits.dtype, self.logits.device)
-        temperature = self.temperature.unsqueeze(-1)
-        return ops.gumbel_softmax_log_sample(self.logits, temperature, noise, consume_noise=True)
+        noise = draw_softmax_noise(shape, logits.dtype, logits.device)
+        return log_sample(logits, temperature.unsqueeze(-1), noise, masked, self.logits.dtype), masked
+
+    def _log_density(self, log_value: Tensor, jacobian: bool) -> Tensor:
+        logits, temperature, masked = self._compute()
+        log_value = log_value.to(logits.dtype)
+        return log_density(
+            log_value, logits, temperature, mask_for_value(masked, log_value), jacobian=jacobian
+        )
 
 
 class ExpConcrete(_ConcreteFamily):
@@ -57,17 +85,17 @@ class ExpConcrete(_ConcreteFamily):
     ``log p_X(x) = log p_Y(log x) - sum_k log x_k`` gives the :class:`Concrete` density, and
     for which the bijection ``u -> log_softmax([u, 0])`` has unit Jacobian.
 
-    At the distribution's own most recent reparameterised sample (the same tensor,
-    unmodified, still on the graph of ``rsample``), ``θ_k - τ y_k = -G_k + c`` with ``c``
-    shared by all ``k``: the density is a term of the noise alone,
-    ``Σ log E_k - K log Σ E_k`` with ``E = exp(-G)``, plus ``lgamma K + (K-1) log τ``.
-    ``log_prob`` then evaluates the noise term without building a graph and differentiates
-    only ``(K-1) log τ``: the same value and the same total derivatives with respect to
-    the parameters as differentiating the general formula through the sample, and no
-    backward pass over the sample. That result is not a function of the sample tensor in
-    autograd's graph (asking for a derivative with respect to ``y`` itself raises rather
-    than returning 0); to differentiate with respect to the value, score a copy,
-    ``d.log_prob(y.clone())``, which goes through the general formula like any other value.
+    ``log_prob`` is a pure function of the parameters and the value, differentiable to every
+    order in all three (``torch.func`` transforms, ``torch.jit.trace`` and ``torch.compile``
+    included): no state is kept between calls.
+
+    **Masks.** A ``-inf`` logit (a zero probability, or a logit more than half the dtype's
+    largest float below its row's maximum, as ``masked_fill(mask, finfo.min)`` makes) masks
+    its category: the distribution is the ExpConcrete of the other ``K'`` categories, its
+    samples are exactly ``-inf`` there and its density is that of the ``K'`` categories (a
+    value finite at a masked category, or ``-inf`` at another, has log-density ``-inf``).
+    A sample entry that would pass the dtype's most negative float (huge logit gaps, tiny
+    temperatures, float16) saturates there.
 
     Args:
         temperature (float or Tensor): positive temperature, one per batch element: it
@@ -75,8 +103,8 @@ class ExpConcrete(_ConcreteFamily):
             as many dimensions as ``logits`` (torch's convention) has its last dimension
             dropped, so ``(n, 1)`` with logits ``(n, K)`` gives batch shape ``(n,)``. May
             require grad.
-        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (finite).
-        probs (Tensor): ``(..., K)`` strictly positive probabilities summing to one.
+        probs (Tensor): ``(..., K)`` nonnegative probabilities summing to one (zeros mask).
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (``-inf`` masks).
         validate_args (bool, optional): whether to validate arguments and values.
 
     Example::
@@ -85,27 +113,25 @@ class ExpConcrete(_ConcreteFamily):
         >>> y = d.rsample()              # (4, 10), finite, logsumexp(y, -1) == 0
         >>> d.log_prob(y).shape
         torch.Size([4])
+        >>> masked = ExpConcrete(0.5, probs=torch.tensor([0.3, 0.0, 0.7]))
+        >>> masked.rsample()[1]          # a masked category is exactly -inf
+        tensor(-inf)
     """
 
     support = constraints.log_simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, _ = self._draw(sample_shape)
-        return self._remember(log_value, log_value)
+        return self._log_sample(sample_shape)[0].to(self.logits.dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        if self._recall_on_path(value) is not None:
-            density = ops.exp_concrete_log_density_of_own_sample(value, self.logits, self.temperature)
-            # Keep the result in the graph of the logits (its total derivative there is 0),
-            # but not in that of the sample: see the class docstring.
-            return density + self.logits[..., 0] * 0 if self.logits.requires_grad else density
-        # The own sample is known to be in the support: no validation pass for it.
-        if self._validate_args and self._recall(value) is None:
+        """The log-density at ``value`` (float32 for half-precision parameters, whose range
+        the log-density of a low-temperature sample exceeds)."""
+        if self._validate_args:
             self._validate_sample(value)
-        return ops.exp_concrete_log_density(value, self.logits, self.temperature)
+        return self._log_density(value, jacobian=False)
 
 
-class Concrete(_ConcreteFamily):
+class Concrete(OwnSampleMemory, _ConcreteFamily):
     r"""The Concrete (Gumbel-Softmax) distribution on the probability simplex.
 
     Jang, Gu & Poole 2017; Maddison, Mnih & Teh 2017. A sample is
@@ -119,20 +145,32 @@ class Concrete(_ConcreteFamily):
     exact ``0.0`` there and its ``log_prob`` is NaN. Here components below the smallest
     normal float ``tiny`` are returned as ``tiny`` (an absolute change below ``1.2e-38``
     in float32, and it spares CPU ``exp`` a 50-180x slow path), and ``log_prob`` is computed
-    from ``y``, never from ``log x``: for the distribution's own most recent sample (the
-    same tensor, unmodified) the distribution still holds ``y`` and evaluates
-    ``log p_Y(y) - Σ_k y_k`` exactly, with exact gradients. Any other value ``x`` is
-    scored as ``log p_Y(log x) - Σ log x`` with exact zeros read as the smallest subnormal
-    float: finite, and exact wherever ``x`` is above ``tiny``. To score values whose
-    components underflow accurately, keep them in log space with :class:`ExpConcrete`.
+    from ``y``, never from ``log x``.
+
+    **The exact pre-image.** For its own most recent sample (the same tensor, unmodified) the
+    distribution still holds ``y`` and evaluates ``log p_Y(y) - Σ_k y_k`` there: the value
+    of the general formula at the exact point rather than at the rounded ``log x``. This is a
+    gain in precision only: the same formula, the same gradient terms. While the sample is on
+    its ``rsample`` graph, the density is differentiated through ``y`` (exact derivatives of
+    every order in the parameters, also for components that underflowed, whose derivative
+    through ``x`` is lost to rounding); the sample tensor ``x`` itself is then not an input
+    of the result's graph, so ``torch.autograd.grad(lp, x)`` raises (it never returns 0):
+    to differentiate with respect to the value, score ``x.detach().requires_grad_()``.
+    Drawn by ``sample()`` or detached, the sample is scored at the exact ``y`` with the
+    derivative of ``log x`` with respect to the value. Any other value ``x`` is scored as
+    ``log p_Y(log x) - Σ log x`` with exact zeros read as the smallest subnormal float:
+    finite, and exact wherever ``x`` is above ``tiny``. To score values whose components
+    underflow accurately, keep them in log space with :class:`ExpConcrete`.
 
     The density is with respect to Lebesgue measure on the first ``K - 1`` coordinates.
+    Masked categories (``-inf`` logits, zero probs) are exactly ``0`` in every sample; the
+    density is that of the Concrete over the other categories (see :class:`ExpConcrete`).
 
     Args:
         temperature (float or Tensor): positive temperature, one per batch element
             (broadcasting rule as in :class:`ExpConcrete`). May require grad.
-        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (finite).
-        probs (Tensor): ``(..., K)`` strictly positive probabilities summing to one.
+        probs (Tensor): ``(..., K)`` nonnegative probabilities summing to one (zeros mask).
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (``-inf`` masks).
         validate_args (bool, optional): whether to validate arguments and values.
 
     Example::
@@ -145,20 +183,26 @@ class Concrete(_ConcreteFamily):
     support = constraints.simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, value = self._draw(sample_shape)
-        return self._remember(value, log_value)
+        log_value, masked = self._log_sample(sample_shape)
+        return self._remember(floored_exp(log_value, masked).to(self.logits.dtype), log_value)
+
+    def _log_of(self, value: Tensor) -> Tensor:
+        return log_of_simplex_point(value, shifted_logits(self.logits)[1])
 
     def log_prob(self, value: Tensor) -> Tensor:
-        log_value = self._recall_on_path(value)  # y of the own sample, on its graph
-        if log_value is not None:
-            density = ops.exp_concrete_log_density_of_own_sample(log_value, self.logits, self.temperature)
-            return density - log_value.sum(-1)
-        log_value = self._recall_pre_image(value, ops.safe_log)  # y of a detached own sample
-        if log_value is None:
+        """The log-density at ``value`` (float32 for half-precision parameters)."""
+        own = self._recall_pre_image(value, self._log_of)  # y of the own sample
+        if own is None:
             if self._validate_args:
                 self._validate_sample(value)
-            log_value = ops.safe_log(value)
-        return ops.concrete_log_density_at_log_value(log_value, self.logits, self.temperature)
+            return self._log_density(self._log_of(value), jacobian=True)
+        log_value, on_path = own
+        if not on_path:
+            return self._log_density(log_value, jacobian=True)
+        logits, temperature, masked = self._compute()
+        density = exp_concrete_log_density_along_path(log_value, logits, temperature, masked)
+        kept = log_value if masked is None else log_value.masked_fill(masked, 0.0)
+        return density - kept.sum(-1)
 
 
 GumbelSoftmax = Concrete

@@ -7,6 +7,8 @@ estimator; the estimators live in :mod:`pyro_concrete.ops.straight_through`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pyro.distributions.score_parts import ScoreParts
@@ -16,12 +18,27 @@ from torch.distributions import constraints as torch_constraints
 from .. import constraints, ops
 from ..parameters import Number
 from ._base import TemperedDistribution
-from ._own_sample import OwnSampleMemory
 
 __all__ = ["BinaryConcreteStraightThrough", "ConcreteStraightThrough"]
 
 
-class _StraightThroughFamily(OwnSampleMemory, TemperedDistribution):
+def _weighted_log_probs(value: Tensor, log_p: Tensor, ruled_out: Tensor) -> Tensor:
+    """``value · log_p`` for a discrete log-probability that is linear in ``value``.
+
+    Its value is exact, ruled-out outcomes (masked categories, the impossible outcome of a
+    certain binary variable) contributing 0 (never ``0 · inf``). Its derivative with respect
+    to ``value`` is ``log_p`` (the straight-through signal of a model term), except where the
+    outcome is ruled out or its probability underflows to 0 in the dtype: there it is 0, the
+    value a soft sample's Jacobian would multiply it by anyway, so that a huge ``|log_p|``
+    (a ``finfo.min`` logit is ``-3.4e38``) cannot overflow a product into ``inf`` or NaN.
+    Derivatives with respect to ``log_p`` are exact to every order.
+    """
+    forward = value.detach() * torch.where(ruled_out, 0.0, log_p)
+    negligible = ruled_out | (log_p < math.log(torch.finfo(log_p.dtype).tiny * torch.finfo(log_p.dtype).eps))
+    return forward + (value - value.detach()) * torch.where(negligible, 0.0, log_p)
+
+
+class _StraightThroughFamily(TemperedDistribution):
     """The estimator choice shared by both classes (parameters, expand, repr: see the base)."""
 
     has_rsample = True
@@ -30,8 +47,8 @@ class _StraightThroughFamily(OwnSampleMemory, TemperedDistribution):
     def __init__(
         self,
         temperature: Tensor | Number,
-        logits: Tensor | None = None,
         probs: Tensor | None = None,
+        logits: Tensor | None = None,
         estimator: str = "st",
         rao_samples: int = 10,
         validate_args: bool | None = None,
@@ -39,7 +56,7 @@ class _StraightThroughFamily(OwnSampleMemory, TemperedDistribution):
         ops.check_estimator(estimator, rao_samples)
         self.estimator = estimator
         self.rao_samples = int(rao_samples)
-        super().__init__(temperature, logits, probs, validate_args=validate_args)
+        super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = super().expand(batch_shape, self._get_checked_instance(type(self), _instance))
@@ -52,19 +69,30 @@ class _StraightThroughFamily(OwnSampleMemory, TemperedDistribution):
         return [*super()._repr_fields(), f"estimator: {self.estimator!r}", *rao]
 
     def score_parts(self, value: Tensor) -> ScoreParts:
-        """Pyro's score parts: pathwise for a sample on its ``rsample`` graph, a score
-        function otherwise.
+        """Pyro's score parts: pathwise for a value that carries (or needs) no gradient of its
+        own, a score function for a value that has no sample path.
 
         Pyro treats every value of a reparameterised distribution as carrying its gradient
-        along the sample path (score function 0). That holds for this distribution's own
-        most recent sample; any other value (one enumerated by ``TraceEnum_ELBO`` in a
-        guide) has no sample path, so its weight must come from ``log_prob`` like a discrete
-        distribution's, or guide-side enumeration sums the values instead of weighting them.
+        along the sample path (score function 0). That holds for an ``rsample`` of this
+        distribution, but not for a value enumerated by ``TraceEnum_ELBO`` in a guide, which
+        has no sample path: its weight and gradient must come from ``log_prob``, as for a
+        discrete distribution, or guide-side enumeration sums the values instead of
+        weighting them. The rule reads the value alone, never what the distribution sampled
+        before (one instance may serve several sites, or be sampled again for logging):
+
+        - a value with more batch dimensions than the distribution (parallel enumeration,
+          ``enumerate_support()``) is weighted by ``log_prob``;
+        - a value that does not require grad while the parameters do, with gradients being
+          recorded (sequential enumeration, a value given by hand), likewise;
+        - any other value (an ``rsample``, or anything while no gradient is recorded, e.g.
+          ``SVI.evaluate_loss``) is pathwise.
         """
         log_prob = self.log_prob(value)
-        if self._recall(value) is not None:  # this distribution's own (r)sample
-            return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
-        return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)
+        enumerated = value.dim() - self._event_dim > len(self.batch_shape)
+        no_path = torch.is_grad_enabled() and not value.requires_grad and self._parameters_require_grad()
+        if enumerated or no_path:
+            return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)
+        return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
 
     def _shape(self, sample_shape) -> torch.Size:
         return self._extended_shape(torch.Size(sample_shape))
@@ -87,16 +115,19 @@ class ConcreteStraightThrough(_StraightThroughFamily):
     - ``"reinmax"``: ReinMax (Liu et al. 2023), a second-order correction of ST (no
       gradient for the temperature; its authors recommend ``temperature >= 1``).
 
-    Nothing is stored on the sample tensor: copies, views, casts and detached samples are
-    scored like the original. Unlike Pyro's ``RelaxedOneHotCategoricalStraightThrough``,
-    ``sample()`` returns hard values too, and ``expand`` keeps the class and estimator.
+    Nothing is stored on the sample tensor or in the distribution: copies, views, casts and
+    detached samples are scored like the original. Unlike Pyro's
+    ``RelaxedOneHotCategoricalStraightThrough``, ``sample()`` returns hard values too, and
+    ``expand`` keeps the class and estimator. Masked categories (``-inf`` logits, zero
+    probs) are never drawn, get zero gradient, and have ``log_prob`` ``-inf``, exactly as in
+    ``OneHotCategorical``.
 
     Args:
         temperature (float or Tensor): positive temperature of the relaxation, one per
             batch element (broadcasting rule as in :class:`~pyro_concrete.Concrete`).
             May require grad.
-        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (finite).
-        probs (Tensor): ``(..., K)`` strictly positive probabilities summing to one.
+        probs (Tensor): ``(..., K)`` nonnegative probabilities summing to one (zeros mask).
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (``-inf`` masks).
         estimator (str): ``"st"``, ``"gumbel_rao"`` or ``"reinmax"``.
         rao_samples (int): conditional noise draws of ``"gumbel_rao"`` (>= 1).
         validate_args (bool, optional): whether to validate arguments and values.
@@ -145,24 +176,29 @@ class ConcreteStraightThrough(_StraightThroughFamily):
         return self.probs * (1 - self.probs)
 
     def entropy(self) -> Tensor:
-        return -(self.probs * self.log_probs).sum(-1)
+        return -_weighted_log_probs(self.probs, self.log_probs, ops.structural_zeros(self.logits)).sum(-1)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         # Parameters were read and checked in __init__: straight to the kernel.
-        value = ops.sample_one_hot(
+        return ops.sample_one_hot(
             self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
         )
-        return self._remember(value, True)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``log softmax(logits)`` at the category of the one-hot ``value``.
 
         Computed as ``sum_k value_k log p_k``: exact for one-hot values (a single nonzero
-        term), and for other values (only without validation) the cross-entropy.
+        term), and for other values (only without validation) the cross-entropy. Linear in
+        ``value``, so its derivative with respect to the value is ``log p`` (the
+        straight-through signal of a model term), 0 at masked categories; a value that puts
+        weight on a masked category has log-probability ``-inf``.
         """
         if self._validate_args:
             self._validate_sample(value)
-        return (value * self.log_probs).sum(-1)
+        masked = ops.structural_zeros(self.logits)
+        total = _weighted_log_probs(value, self.log_probs, masked).sum(-1)
+        impossible = ((value != 0) & masked).any(-1)
+        return torch.where(impossible, -torch.inf, total)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         k = self.num_categories
@@ -187,8 +223,8 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
     Args:
         temperature (float or Tensor): positive, broadcastable with ``logits``. May
             require grad.
-        logits (Tensor): log-odds (finite).
-        probs (Tensor): probabilities of ``1``, in the open interval ``(0, 1)``.
+        probs (Tensor): probabilities of ``1``, in ``[0, 1]`` (0 and 1: certain outcomes).
+        logits (Tensor): log-odds (``±inf``: certain outcomes).
         estimator (str): ``"st"``, ``"gumbel_rao"`` or ``"reinmax"``.
         rao_samples (int): conditional noise draws of ``"gumbel_rao"`` (>= 1).
         validate_args (bool, optional): whether to validate arguments and values.
@@ -203,7 +239,7 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
     arg_constraints = {
         "temperature": constraints.positive_finite,
         "logits": torch_constraints.real,
-        "probs": torch_constraints.unit_interval,  # validated as the open interval
+        "probs": torch_constraints.unit_interval,
     }
     support = torch_constraints.boolean
     _event_dim = 0
@@ -228,21 +264,32 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
     def variance(self) -> Tensor:
         return torch.sigmoid(self.logits) * torch.sigmoid(-self.logits)
 
+    def _ruled_out(self) -> tuple[Tensor, Tensor]:
+        """Where an infinite (or beyond half the largest float) logit rules out 1, and 0."""
+        certain = ops.certain_outcomes(self.logits)
+        return certain & (self.logits < 0), certain & (self.logits > 0)
+
     def entropy(self) -> Tensor:
         p = self.probs
-        return -(p * self._log_p1 + (1 - p) * self._log_p0)
+        no_1, no_0 = self._ruled_out()
+        return -(_weighted_log_probs(p, self._log_p1, no_1) + _weighted_log_probs(1 - p, self._log_p0, no_0))
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        value = ops.sample_binary(
+        return ops.sample_binary(
             self.logits, self.temperature, self._shape(sample_shape), self.estimator, self.rao_samples
         )
-        return self._remember(value, True)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``value · log p + (1 - value) · log(1 - p)``: exact for 0/1 values."""
+        """``value · log p + (1 - value) · log(1 - p)``: exact for 0/1 values; ``-inf`` for an
+        outcome that an infinite logit rules out (never ``0 * inf``)."""
         if self._validate_args:
             self._validate_sample(value)
-        return value * self._log_p1 + (1 - value) * self._log_p0
+        no_1, no_0 = self._ruled_out()
+        total = _weighted_log_probs(value, self._log_p1, no_1) + _weighted_log_probs(
+            1 - value, self._log_p0, no_0
+        )
+        impossible = ((value != 0) & no_1) | ((value != 1) & no_0)
+        return torch.where(impossible, -torch.inf, total)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         values = torch.tensor([0.0, 1.0], dtype=self.logits.dtype, device=self.logits.device)

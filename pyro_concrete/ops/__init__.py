@@ -1,7 +1,11 @@
 """The shared numerical kernels of pyro_concrete.
 
 Every distribution of the package samples and scores through these functions, and they
-are usable on their own in a plain PyTorch training loop. One submodule per role:
+are usable on their own in a plain PyTorch training loop. Every kernel is a composition of
+differentiable torch operations (derivatives of every order, ``torch.func``, JIT and
+``torch.compile`` work), and every kernel reads the temperature the same way: a Python
+number or a Tensor with one temperature per batch element (see
+:func:`~pyro_concrete.parameters.kernel_temperature`). One submodule per role:
 
 - :mod:`.noise`: Gumbel and Logistic noise, safe logarithms;
 - :mod:`.concrete`: the categorical Concrete sampler and log-densities;
@@ -13,6 +17,7 @@ from .binary import (
     binary_concrete_log_density,
     binary_concrete_log_density_at_logit,
     binary_concrete_logit_sample,
+    certain_outcomes,
     logit_binary_concrete_log_density,
     safe_logit,
 )
@@ -20,8 +25,8 @@ from .concrete import (
     concrete_log_density,
     concrete_log_density_at_log_value,
     exp_concrete_log_density,
-    exp_concrete_log_density_of_own_sample,
     gumbel_softmax_log_sample,
+    structural_zeros,
 )
 from .noise import draw_gumbel, draw_logistic, draw_softmax_noise, neg_logistic_log_density, safe_log
 from .straight_through import (
@@ -41,6 +46,7 @@ __all__ = [
     "binary_concrete_log_density_at_logit",
     "binary_concrete_logit_sample",
     "binary_straight_through_sample",
+    "certain_outcomes",
     "check_estimator",
     "concrete_log_density",
     "concrete_log_density_at_log_value",
@@ -50,7 +56,6 @@ __all__ = [
     "draw_logistic",
     "draw_softmax_noise",
     "exp_concrete_log_density",
-    "exp_concrete_log_density_of_own_sample",
     "gumbel_softmax_log_sample",
     "logit_binary_concrete_log_density",
     "neg_logistic_log_density",
@@ -59,4 +64,5 @@ __all__ = [
     "sample_binary",
     "sample_one_hot",
     "straight_through_sample",
+    "structural_zeros",
 ]

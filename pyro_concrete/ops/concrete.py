@@ -1,10 +1,30 @@
-"""Kernels of the categorical Concrete family: the fused sampler and the log-densities.
+"""Kernels of the categorical Concrete family: the sampler and the log-densities.
 
-Notation: ``logits`` θ ∈ R^K, ``temperature`` τ > 0, Gumbel noise ``G = -log E`` with
-``E ~ Exponential(1)``. A Concrete sample in log space is ``y = log_softmax((θ + G) / τ)``.
+Notation: ``logits`` θ ∈ [-inf, inf)^K, ``temperature`` τ > 0, Gumbel noise ``G``. A
+Concrete sample in log space is ``y = log_softmax((θ + G) / τ)``.
 
-Everything is computed in log space: at low temperature ``exp(y)`` underflows to exact
-zeros in float32 while ``y`` stays finite, so densities are always evaluated from ``y``.
+Every kernel here is a composition of differentiable torch operations: derivatives of every
+order, ``torch.func`` (``grad``, ``jacrev``, ``hessian``, ``vmap``), ``torch.jit.trace`` and
+``torch.compile`` work as for any torch code. Three things are handled in the arithmetic
+itself, with masks applied by ``masked_fill`` so that no ``inf - inf`` or ``0 * inf`` reaches
+a gradient:
+
+- **Masks.** A category whose logit is ``-inf``, or more than half the dtype's largest float
+  below the row's largest logit (a ``finfo.min`` mask), is a structural zero
+  (:func:`structural_zeros`). The Concrete with masked categories is the Concrete on the face
+  of the others: its sample is exactly ``-inf`` (log space) / ``0`` there, and its density is
+  that of the Concrete over the ``K'`` unmasked categories.
+- **Huge logits and tiny temperatures.** ``θ + G`` is shifted by its row maximum before the
+  division by τ, so the largest entry is 0; an entry whose ``(θ + G - max) / τ`` would pass
+  the output dtype's most negative float saturates there (a finite sample in the support;
+  its derivative is 0, as it is for any rounding to a bound).
+- **Half precision.** float16 and bfloat16 inputs are computed in float32 (see
+  :func:`~pyro_concrete.parameters.compute_dtype`); samples are rounded back to the input's
+  dtype (saturating at its range), log-densities are returned in float32, whose range they
+  need at low temperature.
+
+Densities are evaluated from ``y``: at low temperature ``exp(y)`` underflows to exact zeros in
+float32 while ``y`` stays finite.
 """
 
 from __future__ import annotations
@@ -14,22 +34,94 @@ import math
 import torch
 from torch import Tensor
 
-from .noise import safe_log
+from ..parameters import Number, compute_dtype, kernel_temperature
+from .noise import smallest_subnormal
 
 __all__ = [
     "concrete_log_density",
     "concrete_log_density_at_log_value",
     "exp_concrete_log_density",
-    "exp_concrete_log_density_of_own_sample",
     "floored_exp",
     "gumbel_softmax_log_sample",
     "log_floor",
+    "structural_zeros",
 ]
 
 
-# torch's log_softmax kernel is slow along a short last dimension on CPU (about 5x slower
-# than the elementwise route below for K < 16); above that it is the faster one.
-_SHORT_LAST_DIM = 16
+def _masking_gap(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).max / 2
+
+
+def _may_branch_on_values(t: Tensor) -> bool:
+    """Whether Python may read ``t``'s values to pick a code path.
+
+    Not while ``torch.jit.trace`` records (the trace would keep one path for every later
+    input), while ``torch.compile`` traces (a graph break), inside a ``torch.func`` transform
+    (``vmap`` has no single value to read), or on the ``meta`` device (no values at all). Where
+    it may not, the general path runs: the same results, a little slower.
+    """
+    return not (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or t.device.type == "meta"
+    )
+
+
+def shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(θ - max θ, masked)``: the logits shifted so that each row's largest is 0, with masked
+    entries (:func:`structural_zeros`) replaced by the finite ``-0.75 finfo.max``, and the mask.
+
+    Every density and sample of the family is invariant to shifting a row of logits, so the
+    shift (by a detached maximum) changes no derivative of any order; it keeps ``θ + G`` from
+    overflowing for logits near the dtype's largest float. The finite fill is below every
+    unmasked entry by at least ``finfo.max / 4``, so it never wins a row's maximum, and keeps
+    ``inf`` out of every product whose gradient is taken; callers set masked outputs to
+    ``-inf`` or ``0`` last. Derivative 0 at masked entries.
+
+    The mask is ``None`` when no category is masked (found by one reduction where
+    :func:`_may_branch_on_values` allows reading it): the kernels then skip every masking pass.
+    """
+    theta = logits - logits.detach().amax(-1, keepdim=True)
+    gap = _masking_gap(logits.dtype)
+    if _may_branch_on_values(theta) and (theta.numel() == 0 or theta.detach().amin() >= -gap):
+        return theta, None
+    masked = theta.detach() < -gap
+    return theta.masked_fill(masked, -1.5 * gap), masked
+
+
+def mask_for_value(masked: Tensor | None, value: Tensor) -> Tensor | None:
+    """The mask with which :func:`log_density` scores a general ``value``: None (every masking
+    pass skipped) only where no category is masked and ``value`` has no ``-inf`` entry, which
+    one reduction decides where :func:`_may_branch_on_values` allows; an all-False mask where
+    it cannot be decided."""
+    if masked is not None:
+        return masked
+    if _may_branch_on_values(value) and not (value == -torch.inf).any():
+        return None
+    return torch.zeros((), dtype=torch.bool, device=value.device).expand(value.shape[-1:])
+
+
+def structural_zeros(logits: Tensor) -> Tensor:
+    """Where a category is masked: a ``-inf`` logit, or one more than ``finfo.max / 2`` below
+    the largest logit of its row (the ``masked_fill(mask, finfo.min)`` idiom).
+
+    Such a category has probability ``exp(-finfo.max / 2)``, zero in every dtype; treating it
+    as an exact zero keeps ``(θ + G) / τ`` and the densities free of overflow.
+
+    Args:
+        logits (Tensor): ``(..., K)``.
+
+    Returns:
+        Tensor: bool, of ``logits``' shape.
+
+    Example::
+
+        >>> structural_zeros(torch.tensor([0.0, -float("inf"), torch.finfo(torch.float32).min]))
+        tensor([False,  True,  True])
+    """
+    detached = logits.detach()
+    return detached - detached.amax(-1, keepdim=True) < -_masking_gap(logits.dtype)
 
 
 def log_floor(dtype: torch.dtype) -> float:
@@ -42,214 +134,249 @@ def floored_exp(y: Tensor) -> Tensor:
 
     A component below the smallest normal float ``tiny`` would otherwise come out as a
     subnormal or ``0.0``; the difference is below ``tiny`` in absolute value, while torch's
-    CPU ``exp`` is 50-180x slower on inputs that underflow (measured). As a side effect the
-    result has no exact zeros, so its logarithm is finite.
+    CPU ``exp`` is 50-180x slower on inputs that underflow (measured). ``-inf`` (a masked
+    category) stays exactly ``0``. The derivative is 0 below the floor.
     """
-    return y.clamp_min(log_floor(y.dtype)).exp_()
+    return _floored_exp(y, y == -torch.inf)
 
 
-def _log_softmax_inplace(z: Tensor) -> Tensor:
-    """:func:`log_softmax`, overwriting ``z`` on the short-row route."""
+def _clamp_min(t: Tensor, floor: float) -> Tensor:
+    """``t.clamp_min(floor)``, skipped where one reduction shows nothing is below ``floor``
+    (the same values and derivatives; the clamp's backward pass is slow on CPU)."""
+    if _may_branch_on_values(t) and (t.numel() == 0 or t.detach().amin() >= floor):
+        return t
+    return t.clamp_min(floor)
+
+
+# torch's CPU log_softmax is slow along a short last dimension (about 5x slower than the
+# elementwise route of _log_softmax for K < 16, measured); above that it is the faster one.
+_SHORT_LAST_DIM = 16
+
+
+def _log_softmax(z: Tensor, *, row_max_is_zero: bool = False) -> Tensor:
+    """``log_softmax(z, -1)``; for short rows as ``z - m - log Σ exp(z - m)`` in elementwise
+    operations (``m`` the detached row maximum, skipped where it is known to be 0), with the
+    exponentials floored at the smallest normal float (a change below rounding in the sum;
+    CPU ``exp`` is slow on underflow). Composite: every derivative order, every transform."""
     if z.shape[-1] >= _SHORT_LAST_DIM:
-        return torch.log_softmax(z, dim=-1)
-    z.sub_(z.amax(-1, keepdim=True))
-    return z.sub_(floored_exp(z).sum(-1, keepdim=True).log_())
+        return torch.log_softmax(z, -1)
+    if not row_max_is_zero:
+        z = z - z.detach().amax(-1, keepdim=True)
+    return z - _clamp_min(z, log_floor(z.dtype)).exp().sum(-1, keepdim=True).log()
 
 
-def _log_softmax_and_softmax(z: Tensor) -> tuple[Tensor, Tensor]:
-    """``(log_softmax(z, -1), floored_exp of it)``, overwriting ``z`` on the short-row route."""
-    y = _log_softmax_inplace(z)
-    return y, floored_exp(y)
+def _floored_exp(y: Tensor, masked: Tensor | None) -> Tensor:
+    """:func:`floored_exp` for a sample whose ``-inf`` entries are exactly ``masked`` (None: none)."""
+    x = _clamp_min(y, log_floor(y.dtype)).exp()
+    return x if masked is None else x.masked_fill(masked, 0.0)
 
 
-class _GumbelSoftmaxLogSample(torch.autograd.Function):
-    """``y = log_softmax((logits + gumbel) / temperature)`` and ``x = softmax(...)``, floored.
+def log_sample(
+    logits: Tensor, temperature: Tensor, noise: Tensor, masked: Tensor | None, out_dtype: torch.dtype
+) -> Tensor:
+    """``log_softmax((θ + noise) / τ)`` with masks and saturation, in the compute dtype.
 
-    One fused node instead of torch's add/div/log_softmax/exp chain: the forward pass
-    writes into the caller's noise buffer, and the backward pass needs one full-size
-    temporary. Its backward is written in differentiable operations, so higher-order
-    gradients work too.
+    The kernel behind every categorical sampler of the package; no checks, no casts. Written
+    so that no ``inf`` enters a product whose gradient is taken: masked logits are finite
+    (:func:`shifted_logits`), the shifted ``a = θ + noise - max <= 0`` is finite, and
+    ``a · (1/τ)`` is clamped at the floor (gradient 0 there, and ``0 · a`` for the
+    temperature); masked entries are set to ``-inf`` last.
+
+    Args:
+        logits (Tensor): ``(..., K)`` shifted logits (:func:`shifted_logits`), broadcastable
+            to ``noise``.
+        temperature (Tensor): ``(..., 1)``, broadcastable to ``noise``.
+        noise (Tensor): ``(..., K)`` (Gumbel noise, or zeros for ``softmax(θ / τ)``).
+        masked (Tensor or None): the mask of :func:`shifted_logits` (None: no masked category).
+        out_dtype (torch.dtype): the dtype the sample will be rounded to: entries saturate
+            at its most negative float.
     """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, temperature: Tensor, gumbel: Tensor) -> tuple[Tensor, Tensor]:
-        y, x = _log_softmax_and_softmax(gumbel.add_(logits).div_(temperature))
-        if y is gumbel:
-            ctx.mark_dirty(gumbel)  # the output is the noise buffer, written in place
-        ctx.save_for_backward(temperature, y, x)
-        ctx.set_materialize_grads(False)
-        return y, x
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor | None, grad_x: Tensor | None):
-        temperature, y, x = ctx.saved_tensors
-        # Gradient with respect to y (x = exp(y)), then through log_softmax to z = (θ + G) / τ:
-        # grad_z = grad - softmax(z) * sum(grad).
-        if grad_x is None:
-            grad = grad_y.clone() if grad_y is not None else torch.zeros_like(y)
-        elif grad_y is None:
-            grad = grad_x * x
-        else:
-            grad = torch.addcmul(grad_y, grad_x, x)
-        row_sum = grad.sum(-1, keepdim=True)
-        # `grad` is our own temporary: update it in place unless a graph of this backward
-        # pass is being recorded (double backward).
-        differentiable = torch.is_grad_enabled()
-        grad = grad - x * row_sum if differentiable else grad.addcmul_(x, row_sum, value=-1.0)
-        grad_temperature = None
-        if ctx.needs_input_grad[1]:
-            # dz/dτ = -z/τ, and sum_k grad_z,k z_k = sum_k grad_z,k y_k since grad_z sums to 0.
-            grad_temperature = -(grad * y).sum(-1, keepdim=True) / temperature
-        grad_logits = None
-        if ctx.needs_input_grad[0]:
-            grad_logits = grad / temperature if differentiable else grad.div_(temperature)
-        return grad_logits, grad_temperature, None
+    a = logits + noise
+    a = a - a.detach().amax(-1, keepdim=True)  # log_softmax is shift-invariant in every derivative
+    z = _clamp_min(a * temperature.reciprocal(), torch.finfo(out_dtype).min)
+    y = _log_softmax(z, row_max_is_zero=True)
+    return y if masked is None else y.masked_fill(masked, -torch.inf)
 
 
 def gumbel_softmax_log_sample(
-    logits: Tensor, temperature: Tensor, gumbel: Tensor, *, consume_noise: bool = False
+    logits: Tensor, temperature: Tensor | Number, gumbel: Tensor
 ) -> tuple[Tensor, Tensor]:
     """Reparameterised ExpConcrete and Concrete sample from given Gumbel noise.
 
     Args:
-        logits (Tensor): ``(..., K)`` unnormalised log-probabilities, broadcastable to
-            ``gumbel``.
-        temperature (Tensor): temperature broadcastable to ``gumbel.shape[:-1] + (1,)``.
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (``-inf`` masks a
+            category), broadcastable to ``gumbel``.
+        temperature (float or Tensor): one temperature per row, broadcastable with
+            ``gumbel.shape[:-1]`` (torch's ``(..., 1)`` form is read the same way: see
+            :func:`~pyro_concrete.parameters.kernel_temperature`).
         gumbel (Tensor): standard Gumbel noise of the sample's shape ``(..., K)``.
-        consume_noise (bool): if True, ``gumbel`` is overwritten (saves a full-size
-            allocation); it must then be a buffer the caller owns.
 
     Returns:
-        ``(y, x)`` with ``y = log_softmax((logits + gumbel) / temperature)`` (the
-        ExpConcrete sample) and ``x = floored_exp(y)`` (the Concrete sample: ``exp(y)``
-        with components below the smallest normal float raised to it), both
-        differentiable with respect to ``logits`` and ``temperature``.
+        ``(y, x)`` with ``y = log_softmax((logits + gumbel) / temperature)`` (the ExpConcrete
+        sample, ``-inf`` at masked categories) and ``x = floored_exp(y)`` (the Concrete sample:
+        ``exp(y)`` with components below the smallest normal float raised to it, exact ``0``
+        at masked categories), both in ``logits``' dtype and differentiable with respect to
+        ``logits`` and ``temperature`` to every order.
 
     Example::
 
         >>> from pyro_concrete.ops import draw_gumbel
         >>> g = draw_gumbel(torch.Size([5, 3]), torch.float64, torch.device("cpu"))
-        >>> y, x = gumbel_softmax_log_sample(torch.zeros(3), torch.tensor(0.5), g)
+        >>> y, x = gumbel_softmax_log_sample(torch.zeros(3, dtype=torch.float64), 0.5, g)
+        >>> bool(torch.allclose(x.sum(-1), torch.ones(5, dtype=torch.float64)))
+        True
     """
-    if not consume_noise:
-        gumbel = gumbel.clone()
-    shape = gumbel.shape
-    logits = logits.expand(shape)
-    temperature = _scalar_if_uniform(temperature.expand(shape[:-1] + (1,)))
-    return _GumbelSoftmaxLogSample.apply(logits, temperature, gumbel)
+    out_dtype = logits.dtype
+    dtype = compute_dtype(out_dtype)
+    tau = kernel_temperature(temperature, logits, 1).to(dtype).unsqueeze(-1)
+    theta, masked = shifted_logits(logits)
+    y = log_sample(theta.to(dtype), tau, gumbel.to(dtype), masked, out_dtype)
+    return y.to(out_dtype), _floored_exp(y, masked).to(out_dtype)
 
 
-def _scalar_if_uniform(t: Tensor) -> Tensor:
-    """A 0-dim view of ``t`` when ``t`` is one number expanded (all strides 0).
+def log_density(
+    value: Tensor, logits: Tensor, temperature: Tensor, masked: Tensor | None, *, jacobian: bool
+) -> Tensor:
+    """ExpConcrete (``jacobian=False``) or Concrete (``True``) log-density at the log-space
+    point ``value``, in the compute dtype: the kernel behind every density of the family.
 
-    A float temperature is stored expanded to the batch shape; torch's elementwise kernels
-    broadcast a 0-dim operand about 3x faster than a stride-0 one. Autograd maps gradients
-    of the view back to ``t``.
+    With ``keep`` the categories that are neither masked nor ``-inf`` in ``value``, ``K'`` their
+    number and ``a = θ - τ y``:
+    ``lgamma K' + (K'-1) log τ + Σ_keep log_softmax_keep(a)`` (minus ``Σ_keep y`` for the
+    Concrete density of ``x = exp(y)``). A value that is ``-inf`` where the category is not
+    masked, or finite where it is, lies off the distribution's face: ``-inf``.
+
+    Args:
+        value (Tensor): ``(..., K)`` log-space points, broadcastable with ``logits``.
+        logits (Tensor): ``(..., K)`` shifted logits (:func:`shifted_logits`).
+        temperature (Tensor): ``(...)``, broadcastable with ``value.shape[:-1]``.
+        masked (Tensor or None): the mask of :func:`shifted_logits`; None only for a value
+            known to have no ``-inf`` entry (the own sample of a distribution with no masked
+            category), which skips every masking pass.
     """
-    if t.dim() > 0 and not any(t.stride()):
-        return t.reshape(-1)[0]
-    return t
+    if masked is None:
+        a = torch.addcmul(logits, temperature.unsqueeze(-1), value, value=-1)
+        density = _log_softmax(a).sum(-1) + _log_normaliser(value.shape[-1], temperature)
+        return density - value.sum(-1) if jacobian else density
+    on_face = value > -torch.inf
+    dropped = ~on_face | masked
+    off_face = (on_face == masked).any(-1)
+    kept_value = value.masked_fill(dropped, 0.0)
+    a = (logits - temperature.unsqueeze(-1) * kept_value).masked_fill(dropped, -torch.inf)
+    scores = _log_softmax(a).masked_fill(dropped, 0.0).sum(-1)
+    kept = (dropped.shape[-1] - dropped.sum(-1)).to(scores.dtype)
+    density = scores + _log_normaliser(kept, temperature)
+    if jacobian:
+        density = density - kept_value.sum(-1)
+    return density.masked_fill(off_face, -torch.inf)
 
 
-def _log_constant(num_categories: int, temperature: Tensor) -> Tensor:
-    """``lgamma(K) + (K - 1) log τ``, the normalising part of the Concrete density."""
-    return temperature.log() * (num_categories - 1) + math.lgamma(num_categories)
+def _log_normaliser(k: Tensor | int, temperature: Tensor) -> Tensor:
+    """``lgamma K' + (K'-1) log τ`` with ``K'`` the categories left in each row (a Tensor of
+    counts, or one number for every row)."""
+    if isinstance(k, int):
+        return temperature.log() * (k - 1) + math.lgamma(k)
+    return torch.lgamma(k) + (k - 1) * temperature.log()
 
 
-def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
-    """ExpConcrete log-density of a log-simplex point ``value``.
+def exp_concrete_log_density_along_path(
+    log_value: Tensor, logits: Tensor, temperature: Tensor, masked: Tensor | None
+) -> Tensor:
+    """:func:`log_density` (``jacobian=False``) at the own reparameterised sample ``y``, in
+    the form whose graph is cheapest to differentiate along the sample path.
 
-    ``log p(y) = lgamma K + (K-1) log τ + sum_k log_softmax(θ - τ y)_k``, which is the
-    textbook ``sum_k (θ_k - τ y_k) - K logsumexp_k(θ_k - τ y_k)`` written so that no large
-    terms cancel. The density is with respect to Lebesgue measure on the log-ratio
-    coordinates ``y_k - y_K``, ``k < K`` (see :class:`~pyro_concrete.ExpConcrete`).
+    At ``y = log_softmax((θ + G) / τ)``, ``θ_k - τ y_k = -G_k + c`` with ``c`` shared by the
+    row: ``Σ_keep log_softmax(θ - τ y)`` is a function of the noise alone. It is evaluated
+    without a graph (the same value as :func:`log_density`), and only
+    ``lgamma K' + (K'-1) log τ`` is differentiated: as functions of the parameters at fixed
+    noise, the two agree in every derivative of every order (except where a sample entry
+    saturated at the dtype's floor, where neither is the exact function).
+    """
+    with torch.no_grad():
+        value = log_density(log_value, logits, temperature, masked, jacobian=False)
+    if masked is None:
+        normaliser = _log_normaliser(log_value.shape[-1], temperature)
+    else:
+        kept = (masked.shape[-1] - masked.sum(-1)).to(value.dtype)
+        normaliser = _log_normaliser(kept, temperature)
+    return value - normaliser.detach() + normaliser
+
+
+def _public_density(value: Tensor, logits: Tensor, temperature: Tensor | Number, jacobian: bool) -> Tensor:
+    dtype = compute_dtype(torch.promote_types(value.dtype, logits.dtype))
+    tau = kernel_temperature(temperature, logits, 1).to(dtype)
+    theta, masked = shifted_logits(logits)
+    value = value.to(dtype)
+    return log_density(value, theta.to(dtype), tau, mask_for_value(masked, value), jacobian=jacobian)
+
+
+def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor | Number) -> Tensor:
+    r"""ExpConcrete log-density of a log-simplex point ``value``.
+
+    ``log p(y) = lgamma K + (K-1) log τ + Σ_k log_softmax(θ - τ y)_k``, which is the textbook
+    ``Σ_k (θ_k - τ y_k) - K logsumexp_k(θ_k - τ y_k)`` written so that no large terms cancel,
+    with respect to Lebesgue measure on the log-ratio coordinates ``y_k - y_K``, ``k < K``
+    (see :class:`~pyro_concrete.ExpConcrete`). With masked categories, the same over the
+    unmasked ones (see the module docstring).
 
     Args:
         value (Tensor): ``(..., K)`` log-probability vectors.
         logits (Tensor): ``(..., K)``, broadcastable with ``value``.
-        temperature (Tensor): shape broadcastable with ``value.shape[:-1]``.
+        temperature (float or Tensor): one per row, broadcastable with ``value.shape[:-1]``
+            (torch's ``(..., 1)`` form is read the same way).
+
+    Returns:
+        Tensor: the broadcast batch shape; float32 for half-precision inputs.
+
+    Example::
+
+        >>> logits = torch.tensor([0.0, 1.0, -float("inf")])
+        >>> y = torch.tensor([-0.5, -0.9325, -float("inf")])     # a point of the face
+        >>> exp_concrete_log_density(y, logits, 0.5).isfinite()
+        tensor(True)
     """
-    scores = _LogDensityOfScores.apply(value, logits, _scalar_if_uniform(temperature), False)
-    return scores + _log_constant(value.shape[-1], temperature)
+    return _public_density(value, logits, temperature, jacobian=False)
 
 
-def exp_concrete_log_density_of_own_sample(log_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
-    """ExpConcrete log-density of its own reparameterised sample, along the sample path.
+def concrete_log_density_at_log_value(
+    log_value: Tensor, logits: Tensor, temperature: Tensor | Number
+) -> Tensor:
+    """Concrete log-density of ``x = exp(log_value)``: ``log p_Y(y) - Σ_k y_k``.
 
-    At ``y = log_softmax((θ + G) / τ)`` one has ``θ_k - τ y_k = -G_k + c`` with ``c``
-    shared by all ``k``, so the density is ``sum_k log E_k - K log sum_k E_k`` (``E =
-    exp(-G)``), a term of the noise alone, plus ``lgamma K + (K-1) log τ``. Along the sample
-    path (noise fixed) its derivatives are ``0`` in θ and ``(K-1)/τ`` in τ. The noise term
-    is evaluated from ``y`` without a graph and only ``(K-1) log τ`` is differentiated: the
-    value and the total derivatives with respect to the parameters of the general formula
-    differentiated through the sample, with no backward pass over the sample.
-
-    The result is not a function of ``log_value`` in autograd's graph: differentiating it
-    with respect to the sample itself needs :func:`exp_concrete_log_density`.
+    Exact wherever ``y`` is known, also where ``exp(y)`` underflows. Arguments and result
+    as in :func:`exp_concrete_log_density`.
     """
-    with torch.no_grad():
-        noise_term = _LogDensityOfScores.forward(None, log_value, logits, temperature, False)
-    return noise_term + _log_constant(log_value.shape[-1], temperature)
+    return _public_density(log_value, logits, temperature, jacobian=True)
 
 
-def concrete_log_density_at_log_value(log_value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
-    """Concrete log-density of ``x = exp(log_value)``: ``log p_Y(y) - sum_k y_k``.
-
-    Exact wherever ``y`` is known, also where ``exp(y)`` underflows; the Jacobian term is
-    folded into the same autograd node as the density.
-    """
-    scores = _LogDensityOfScores.apply(log_value, logits, _scalar_if_uniform(temperature), True)
-    return scores + _log_constant(log_value.shape[-1], temperature)
-
-
-class _LogDensityOfScores(torch.autograd.Function):
-    """``L = sum_k log_softmax(θ - τ y)_k - c sum_k y_k`` (``c = 1``: the Concrete Jacobian).
-
-    One node with a short backward pass: with ``a = θ - τ y``, ``s = softmax(a)`` and
-    ``w = 1 - K s = dL/da``, ``dL/dθ = w``, ``dL/dy = -τ w - c`` and
-    ``dL/dτ = -sum_k w_k y_k``. Autograd through the elementwise formula would allocate
-    about twice as many full-size temporaries. The backward pass is written in
-    differentiable operations when a graph of it is recorded, so higher-order gradients
-    work too.
-    """
-
-    @staticmethod
-    def forward(ctx, value: Tensor, logits: Tensor, temperature: Tensor, jacobian: bool) -> Tensor:
-        scores = _log_softmax_inplace(torch.addcmul(logits, value, temperature.unsqueeze(-1), value=-1))
-        if ctx is not None:  # None: called for the value alone
-            ctx.save_for_backward(value, logits, temperature, scores)
-            ctx.jacobian = jacobian
-        total = scores.sum(-1)
-        return total.sub_(value.sum(-1)) if jacobian else total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        value, logits, temperature, scores = ctx.saved_tensors
-        k, c = value.shape[-1], float(ctx.jacobian)
-        g = _scalar_if_uniform(grad).unsqueeze(-1)
-        tau = temperature.unsqueeze(-1)
-        s = scores.exp()
-        grad_value = grad_logits = grad_temperature = None
-        if ctx.needs_input_grad[2]:
-            # -sum_k g w_k y_k = -g (sum_k y_k - K sum_k s_k y_k)
-            row = value.sum(-1, keepdim=True) - k * (s * value).sum(-1, keepdim=True)
-            grad_temperature = (-g * row).squeeze(-1).sum_to_size(temperature.shape)
-        if ctx.needs_input_grad[1]:
-            grad_logits = torch.addcmul(g, s, g, value=-k).sum_to_size(logits.shape)
-        if ctx.needs_input_grad[0]:
-            # -τ g w - c g = (τ K g) s - (τ + c) g
-            if torch.is_grad_enabled():  # a graph of this backward is being recorded
-                grad_value = s * (tau * k * g) - (tau + c) * g
-            else:
-                grad_value = s.mul_(tau * k * g).sub_((tau + c) * g)
-            grad_value = grad_value.sum_to_size(value.shape)
-        return grad_value, grad_logits, grad_temperature, None
+def log_of_simplex_point(value: Tensor, masked: Tensor | None) -> Tensor:
+    """``log(value)`` in the compute dtype for a point of the simplex, with exact zeros read as
+    the smallest subnormal float of ``value``'s dtype where the category is not masked
+    (underflow: finite, derivative 0) and as ``-inf`` where it is (the face of a masked
+    Concrete)."""
+    positive = value > 0
+    logs = torch.where(positive, value, 1.0).to(compute_dtype(value.dtype)).log()
+    underflow = math.log(smallest_subnormal(value.dtype))
+    zero = underflow if masked is None else torch.where(masked, -torch.inf, underflow)
+    return torch.where(positive, logs, zero)
 
 
-def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor) -> Tensor:
+def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor | Number) -> Tensor:
     """Concrete log-density of a simplex point ``value``, computed through log space.
 
-    ``log p_X(x) = log p_Y(log x) - sum_k log x_k``; exact zeros in ``x`` (underflow)
-    are read as the smallest subnormal float (see :func:`safe_log`).
+    ``log p_X(x) = log p_Y(log x) - Σ_k log x_k``; exact zeros in ``x`` are read as the
+    smallest subnormal float (underflow) where the category is not masked, and as the face of
+    the masked categories where it is. Arguments and result as in
+    :func:`exp_concrete_log_density`.
+
+    Example::
+
+        >>> x = torch.tensor([0.2, 0.3, 0.5])
+        >>> concrete_log_density(x, torch.zeros(3), 1.0)        # uniform Concrete at τ = 1: log 2
+        tensor(0.6931)
     """
-    return concrete_log_density_at_log_value(safe_log(value), logits, temperature)
+    dtype = compute_dtype(torch.promote_types(value.dtype, logits.dtype))
+    theta, masked = shifted_logits(logits)
+    log_value = log_of_simplex_point(value, masked).to(dtype)
+    tau = kernel_temperature(temperature, logits, 1).to(dtype)
+    return log_density(log_value, theta.to(dtype), tau, mask_for_value(masked, log_value), jacobian=True)

@@ -17,7 +17,8 @@ __all__ = [
 ]
 
 
-def _smallest_subnormal(dtype: torch.dtype) -> float:
+def smallest_subnormal(dtype: torch.dtype) -> float:
+    """The smallest positive float of ``dtype`` (a subnormal)."""
     info = torch.finfo(dtype)
     return info.smallest_normal * info.eps
 
@@ -29,17 +30,18 @@ def safe_log(x: Tensor) -> Tensor:
     smallest subnormal"; reading it as that number keeps densities and gradients finite
     (clamping *before* the log keeps the backward pass free of ``0 * inf``).
     """
-    return x.clamp_min(_smallest_subnormal(x.dtype)).log()
+    return x.clamp_min(smallest_subnormal(x.dtype)).log()
 
 
 def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Draws standard Gumbel noise ``G = -log(-log U)``, ``U ~ Uniform[tiny, 1)``.
 
-    A uniform draw is about 8x cheaper than ``Tensor.exponential_`` on CPU, and starting
-    the interval at the smallest normal float removes the need to clamp ``U = 0``
-    afterwards. The tails are those of the floating-point grid of ``U`` (``G`` in about
-    [-4.5, 16.6] in float32, [-6.5, 36.7] in float64), as for every sampler built on
-    ``torch.rand``.
+    A uniform draw is about 8x cheaper than ``Tensor.exponential_`` on CPU; ``U = 0`` (drawn
+    with probability about ``2^-24`` in float32) is raised to the smallest normal float. The
+    draw is out of place (``torch.rand``), so ``torch.func.vmap(..., randomness="different")``
+    draws independent noise per batch entry. The tails are those of the floating-point grid
+    of ``U`` (``G`` in about [-4.5, 16.6] in float32, [-6.5, 36.7] in float64), as for every
+    sampler built on ``torch.rand``.
 
     Returns:
         Tensor: noise of shape ``shape`` (a fresh buffer the caller owns).
@@ -54,14 +56,14 @@ def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
         # [-2.3, 7.6]), which visibly biases Gumbel-max frequencies: draw in float32.
         return draw_gumbel(shape, torch.float32, device).to(dtype)
     tiny = torch.finfo(dtype).tiny
-    noise = torch.empty(shape, dtype=dtype, device=device).uniform_(tiny, 1.0)
-    return noise.log_().neg_().log_().neg_()
+    noise = torch.rand(shape, dtype=dtype, device=device)
+    return noise.clamp_min_(tiny).log_().neg_().log_().neg_()
 
 
 def draw_logistic(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Draws standard Logistic noise ``L = log U - log(1 - U)``, ``U ~ Uniform(0, 1)``.
 
-    One ``uniform_`` pass and one in-place ``logit_`` pass on a single buffer (a uniform
+    One ``torch.rand`` draw and one in-place ``logit_`` pass on that buffer (a uniform
     draw is about 8x cheaper than ``Tensor.exponential_`` on CPU). ``logit_`` first clamps
     ``U`` to ``[eps/2, 1 - eps/2]`` (``eps`` of ``dtype``): ``U = 0`` (drawn with
     probability ``eps/2``) becomes the next point of ``torch.rand``'s grid, and ``1 - U``
@@ -88,7 +90,7 @@ def draw_logistic(shape: torch.Size, dtype: torch.dtype, device: torch.device) -
         # (float16) or 5.5 (bfloat16), visibly shrinking the variance: draw in float32.
         return draw_logistic(shape, torch.float32, device).to(dtype)
     half_eps = torch.finfo(dtype).eps / 2
-    return torch.empty(shape, dtype=dtype, device=device).uniform_().logit_(half_eps)
+    return torch.rand(shape, dtype=dtype, device=device).logit_(half_eps)
 
 
 def neg_logistic_log_density(t: Tensor) -> Tensor:
@@ -101,7 +103,7 @@ def neg_logistic_log_density(t: Tensor) -> Tensor:
     """
     magnitude = t.abs()
     threshold = -math.log(torch.finfo(t.dtype).eps)
-    return F.softplus(magnitude, threshold=threshold).mul_(2).sub_(magnitude)
+    return 2 * F.softplus(magnitude, threshold=threshold) - magnitude
 
 
 def draw_softmax_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -116,7 +118,5 @@ def draw_softmax_noise(shape: torch.Size, dtype: torch.dtype, device: torch.devi
     """
     if shape[-1] != 2:
         return draw_gumbel(shape, dtype, device)
-    noise = torch.empty(shape, dtype=dtype, device=device)
-    noise[..., 1] = 0.0
-    noise[..., 0] = draw_logistic(shape[:-1], dtype, device)
-    return noise
+    logistic = draw_logistic(shape[:-1], dtype, device)
+    return torch.stack([logistic, torch.zeros_like(logistic)], -1)

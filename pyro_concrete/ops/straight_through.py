@@ -23,10 +23,14 @@ Estimators (``estimator=``):
   quadratic function of ``D``; its authors recommend ``τ >= 1``. Higher derivatives
   (``create_graph=True``) are those of the algorithm's stop-gradient formulation.
 
-The hard forward value is produced inside a custom autograd function, never as
-``hard - soft.detach() + soft``: that expression rounds (``1 - s + s`` need not be ``1``)
-and costs two full-size temporaries. When no gradient is needed (``torch.no_grad()`` or
-inputs that do not require grad), only the hard sample is drawn.
+Every estimator is written as ``hard + (surrogate - surrogate.detach())``: the difference is
+exactly ``+0.0`` for a finite surrogate, so the forward value is bitwise the hard sample
+(unlike ``hard - soft.detach() + soft``, which rounds: ``1 - s + s`` need not be ``1``),
+and the derivatives of every order are the surrogate's. Being plain torch operations, the
+estimators work under ``torch.func``, ``torch.jit.trace`` and ``torch.compile``. Masked
+categories (``-inf`` logits) are never drawn and get zero gradient; infinite binary logits
+are certain outcomes. When no gradient is needed (``torch.no_grad()`` or inputs that do not
+require grad), only the hard sample is drawn.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..parameters import concrete_parameters
-from .binary import binary_concrete_logit_sample
-from .concrete import gumbel_softmax_log_sample
+from ..parameters import compute_dtype, concrete_parameters
+from .binary import certain_outcomes, logit_sample
+from .concrete import _floored_exp, log_sample, shifted_logits, structural_zeros
 from .noise import draw_gumbel, draw_logistic, draw_softmax_noise
 
 __all__ = [
@@ -74,7 +78,7 @@ def _prepare(
     """Logits and temperature read as the distributions read them (one dtype, validated,
     the temperature broadcasting rule of :func:`~pyro_concrete.parameters.temperature_batch_shape`),
     expanded to ``batch_shape + event_shape`` and ``batch_shape``."""
-    params = concrete_parameters(temperature, logits, None, event_dim=event_dim, validate=validate)
+    params = concrete_parameters(temperature, None, logits, event_dim=event_dim, validate=validate)
     return params.logits, params.temperature
 
 
@@ -83,64 +87,19 @@ def _needs_grad(*tensors: Tensor) -> bool:
 
 
 def _one_hot(index: Tensor, num_categories: int, dtype: torch.dtype) -> Tensor:
-    shape = index.shape[:-1] + (num_categories,)
-    return torch.zeros(shape, dtype=dtype, device=index.device).scatter_(-1, index, 1.0)
+    """``(..., 1)`` indices to one-hot rows of exact 0.0 / 1.0 (out of place: vmap-safe)."""
+    return (index == torch.arange(num_categories, device=index.device)).to(dtype)
 
 
-def _sum_to_batch(grad: Tensor, batch_ndim: int) -> Tensor:
-    """Sums the leading (sample) dimensions of ``grad`` away, keeping the last ``batch_ndim``."""
-    extra = grad.dim() - batch_ndim
-    return grad.sum(tuple(range(extra))) if extra > 0 else grad
-
-
-class _HardOneHot(torch.autograd.Function):
-    """Forward: the one-hot vector of ``index``. Backward: the identity onto ``surrogate``.
-
-    ``surrogate`` is the differentiable soft sample whose Jacobian the estimator uses; its
-    own autograd node (the fused Concrete sampler) applies that Jacobian, so this node
-    adds no saved tensors and no arithmetic to the backward pass.
-    """
-
-    @staticmethod
-    def forward(ctx, surrogate: Tensor, index: Tensor) -> Tensor:
-        return _one_hot(index, surrogate.shape[-1], surrogate.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad, None
-
-
-class _HardSign(torch.autograd.Function):
-    """Forward: ``positive`` as 0.0/1.0. Backward: the mean over the leading dimension of
-    the Jacobian of ``sigmoid(y)``.
-
-    ``y`` has shape ``(S,) + positive.shape``: ``S`` logit-space soft samples (``S = 1``
-    for ST, ``rao_samples`` for Gumbel-Rao). The soft samples ``sigmoid(y)`` are never
-    materialised in the forward pass; the backward pass needs one full-size temporary.
-    """
-
-    @staticmethod
-    def forward(ctx, y: Tensor, positive: Tensor) -> Tensor:
-        ctx.save_for_backward(y)
-        return positive.to(y.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (y,) = ctx.saved_tensors
-        s = torch.sigmoid(y)
-        if torch.is_grad_enabled():  # a graph of this backward pass is being recorded
-            return grad * (s * (1 - s)) / y.shape[0], None
-        # s (1 - s) = s - s^2, computed in the temporary s itself.
-        jac = s.addcmul_(s, s, value=-1.0)
-        return jac.mul_(grad).div_(y.shape[0]), None
+def _straight_through(hard: Tensor, surrogate: Tensor) -> Tensor:
+    """``hard`` in value (bitwise: ``s - s.detach()`` is ``+0.0``), ``surrogate`` in every derivative."""
+    return hard + (surrogate - surrogate.detach()).to(hard.dtype)
 
 
 # -- categorical ----------------------------------------------------------------------
 
 
-def conditional_gumbel(
-    logits: Tensor, index: Tensor, gumbel: Tensor, *, consume_noise: bool = False
-) -> Tensor:
+def conditional_gumbel(logits: Tensor, index: Tensor, gumbel: Tensor) -> Tensor:
     """Gumbel noise conditioned on the Gumbel-max sample (Paulus et al. 2020, appendix).
 
     Given independent standard Gumbel noise ``gumbel`` and a category ``D = index``,
@@ -149,78 +108,54 @@ def conditional_gumbel(
     independent of the argmax), and for ``j ≠ D``,
     ``θ_j + G'_j = -log(exp(-M) + exp(-(θ_j + gumbel_j)))``, a ``Gumbel(θ_j)`` truncated
     below ``M`` (computed with ``logaddexp``: no overflow for any logits). The result is
-    ``G' = x - θ``; it is computed without gradient.
+    ``G' = x - θ``; it is computed without gradient. At masked categories
+    (:func:`~pyro_concrete.ops.structural_zeros`) the noise is that of logit 0: finite, and
+    irrelevant, since a masked category stays masked.
 
     Args:
         logits (Tensor): ``(..., K)``, broadcastable to ``gumbel``.
         index (Tensor): ``(..., 1)`` int64 category of each row, broadcastable to
             ``gumbel.shape[:-1] + (1,)``.
         gumbel (Tensor): standard Gumbel noise ``(..., K)``.
-        consume_noise (bool): if True, ``gumbel`` is overwritten with the result.
 
     Returns:
-        Tensor: the conditional noise, of ``gumbel``'s shape.
+        Tensor: the conditional noise, a new tensor of ``gumbel``'s shape.
 
     Example::
 
         >>> g = draw_gumbel(torch.Size([4, 3]), torch.float64, torch.device("cpu"))
         >>> d = torch.tensor([[0], [1], [2], [2]])
-        >>> gc = conditional_gumbel(torch.zeros(3), d, g)
+        >>> gc = conditional_gumbel(torch.zeros(3, dtype=torch.float64), d, g)
         >>> bool(((torch.zeros(3) + gc).argmax(-1, keepdim=True) == d).all())
         True
     """
     with torch.no_grad():
-        logits = logits.detach()
-        out = gumbel if consume_noise else gumbel.clone()
-        index = index.expand(out.shape[:-1] + (1,))
-        top = out.gather(-1, index).add_(logits.logsumexp(-1, keepdim=True))  # M
-        out.add_(logits).neg_()  # -(θ + G)
-        torch.logaddexp(out, top.neg(), out=out)
-        out.neg_().scatter_(-1, index, top)
-        return out.sub_(logits)
+        masked = structural_zeros(logits)
+        logits = logits.detach().masked_fill(masked, 0.0)
+        total = logits.masked_fill(masked, -torch.inf).logsumexp(-1, keepdim=True)
+        index = index.expand(gumbel.shape[:-1] + (1,))
+        top = gumbel.gather(-1, index) + total  # M
+        out = -torch.logaddexp(-(gumbel + logits), -top)
+        out = out.scatter(-1, index, top)
+        return out - logits
 
 
-def _gumbel_max(logits: Tensor, shape: torch.Size) -> Tensor:
-    gumbel = draw_softmax_noise(shape, logits.dtype, logits.device)
-    return gumbel.add_(logits).argmax(-1, keepdim=True)
+def _gumbel_max(theta: Tensor, shape: torch.Size) -> Tensor:
+    """Gumbel-max indices ``(..., 1)`` for shifted logits (:func:`.concrete.shifted_logits`)."""
+    return (theta + draw_softmax_noise(shape, theta.dtype, theta.device)).argmax(-1, keepdim=True)
 
 
-class _ReinMax(torch.autograd.Function):
-    """Forward: the one-hot ``D`` of ``index``. Backward: ``(2 J(π1) - J(π0) / 2) grad``.
-
-    ``π0 = softmax(θ)``, ``π1 = (D + softmax(θ / τ)) / 2``, ``J(p) v = p ⊙ v - p (p · v)``
-    (Liu et al. 2023, Algorithm 2; the stop-gradients there make ``π1`` act as a softmax
-    of θ in the backward pass and cut the temperature out of it).
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, temperature: Tensor, index: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, temperature, index)
-        return _one_hot(index, logits.shape[-1], logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, temperature, index = ctx.saved_tensors
-        differentiable = torch.is_grad_enabled()  # a graph of this backward is being recorded
-        pi0 = torch.softmax(logits, -1)
-        with torch.no_grad():
-            tempered = torch.softmax(logits / temperature.unsqueeze(-1), -1)
-            pi1 = torch.zeros_like(grad).scatter_(-1, index, 0.5).add_(tempered, alpha=0.5)
-        if differentiable:
-            # Algorithm 2's π1 = softmax(stopgrad(log π1 - θ) + θ): its value, and as a
-            # function of θ (for higher derivatives) a softmax of θ, not of θ / τ.
-            pi1 = torch.softmax((pi1.log() - logits).detach() + logits, -1)
-        # J(p) v = p ⊙ v - p (p · v).
-        j1 = pi1 * grad
-        s1 = j1.sum(-1, keepdim=True)
-        j0 = pi0 * grad
-        s0 = j0.sum(-1, keepdim=True)
-        if differentiable:
-            total = 2 * (j1 - pi1 * s1) - 0.5 * (j0 - pi0 * s0)
-        else:
-            total = j1.addcmul_(pi1, s1, value=-1.0).mul_(2.0)
-            total.add_(j0.addcmul_(pi0, s0, value=-1.0), alpha=-0.5)
-        return _sum_to_batch(total, logits.dim()), None, None
+def _reinmax_surrogate(theta: Tensor, temperature: Tensor, masked: Tensor, hard: Tensor) -> Tensor:
+    """``2 softmax(θ + c) - softmax(θ) / 2`` with ``softmax(θ + c) = π1 = (D + softmax(θ / τ)) / 2``
+    in value (``c`` without gradient): Liu et al. 2023, Algorithm 2, whose Jacobian is
+    ``2 J(π1) - J(π0) / 2``. No gradient reaches the temperature. ``theta``: shifted logits,
+    finite at masked categories, where ``π1`` and ``π0`` are exactly 0."""
+    with torch.no_grad():
+        tempered = log_sample(theta, temperature.unsqueeze(-1), torch.zeros_like(theta), masked, theta.dtype)
+        log_pi1 = torch.log((hard + tempered.exp()) / 2)
+    pi1 = torch.softmax(theta + (log_pi1 - theta.detach()), -1)
+    pi0 = torch.softmax(theta, -1)
+    return 2 * pi1 - pi0 / 2
 
 
 def straight_through_sample(
@@ -241,7 +176,8 @@ def straight_through_sample(
     ``softmax((θ + G) / τ)``; ``"reinmax"`` gives no gradient to the temperature.
 
     Args:
-        logits (Tensor): ``(..., K)`` unnormalised log-probabilities.
+        logits (Tensor): ``(..., K)`` unnormalised log-probabilities (``-inf`` masks a
+            category: it is never drawn).
         temperature (float or Tensor): positive, one per row: broadcastable with
             ``logits.shape[:-1]`` (a temperature of shape ``(..., 1)`` with as many
             dimensions as ``logits``, torch's convention, has its last dimension
@@ -249,8 +185,8 @@ def straight_through_sample(
         estimator (str): ``"st"``, ``"gumbel_rao"`` or ``"reinmax"``.
         rao_samples (int): number of conditional noise draws for ``"gumbel_rao"`` (>= 1).
         sample_shape (torch.Size): leading shape of independent samples.
-        validate (bool): check that the temperature is positive and finite and the logits
-            finite (one reduction each); pass False where that was checked already.
+        validate (bool): check the temperature and the logits (one reduction each); pass
+            False where that was checked already.
 
     Returns:
         Tensor: ``sample_shape + batch_shape + (K,)`` with ``batch_shape`` the broadcast of
@@ -276,32 +212,36 @@ def sample_one_hot(
     ``logits`` of shape ``batch_shape + (K,)`` and ``temperature`` of ``batch_shape``, one
     dtype, already validated; ``shape`` is ``sample_shape + logits.shape``. No checks.
     """
+    out_dtype = logits.dtype
+    dtype = compute_dtype(out_dtype)
+    theta, masked = shifted_logits(logits)
+    theta, temperature = theta.to(dtype), temperature.to(dtype)
     num_categories = shape[-1]
-    if not _needs_grad(logits, temperature):
-        return _one_hot(_gumbel_max(logits, shape), num_categories, logits.dtype)
+    if not _needs_grad(theta, temperature):
+        return _one_hot(_gumbel_max(theta, shape), num_categories, out_dtype)
     if estimator == "reinmax":
-        return _ReinMax.apply(logits, temperature, _gumbel_max(logits, shape))
+        hard = _one_hot(_gumbel_max(theta, shape), num_categories, dtype)
+        return _straight_through(hard.to(out_dtype), _reinmax_surrogate(theta, temperature, masked, hard))
+    tau = temperature.unsqueeze(-1)
     draws = rao_samples if estimator == "gumbel_rao" else 1
     if draws == 1:
         # Only differences of the noise within a row matter to the soft sample and its argmax.
-        noise = draw_softmax_noise(shape, logits.dtype, logits.device)
-        y, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), noise, consume_noise=True)
-        return _HardOneHot.apply(x, y.argmax(-1, keepdim=True))
+        y = log_sample(theta, tau, draw_softmax_noise(shape, dtype, theta.device), masked, out_dtype)
+        hard = _one_hot(y.argmax(-1, keepdim=True), num_categories, out_dtype)
+        return _straight_through(hard, _floored_exp(y, masked))
     # The first draw decides D and is itself a draw of the noise given D; the others are
     # drawn given D.
-    gumbel = draw_gumbel(torch.Size([draws]) + shape, logits.dtype, logits.device)
-    index = (gumbel[0] + logits).argmax(-1, keepdim=True)
-    conditional_gumbel(logits, index, gumbel[1:], consume_noise=True)
-    _, x = gumbel_softmax_log_sample(logits, temperature.unsqueeze(-1), gumbel, consume_noise=True)
-    return _HardOneHot.apply(x.mean(0), index)
+    gumbel = draw_gumbel(torch.Size([draws]) + shape, dtype, theta.device)
+    index = (theta + gumbel[0]).argmax(-1, keepdim=True)
+    noise = torch.cat([gumbel[:1], conditional_gumbel(theta, index, gumbel[1:])])
+    soft = _floored_exp(log_sample(theta, tau, noise, masked, out_dtype), masked).mean(0)
+    return _straight_through(_one_hot(index, num_categories, out_dtype), soft)
 
 
 # -- binary ---------------------------------------------------------------------------
 
 
-def conditional_logistic(
-    logits: Tensor, positive: Tensor, logistic: Tensor, *, consume_noise: bool = False
-) -> Tensor:
+def conditional_logistic(logits: Tensor, positive: Tensor, logistic: Tensor) -> Tensor:
     """Logistic noise conditioned on the sign of ``θ + L`` (binary Gumbel-Rao).
 
     Given independent standard Logistic noise ``L'`` (``logistic``) and the outcome
@@ -311,61 +251,44 @@ def conditional_logistic(
     :func:`conditional_gumbel` with logits ``(θ, 0)``, where the ratio of the two
     exponential variables is ``exp(L')``. Its conditional CDF is
     ``(e^v - 1) / (e^v + e^θ)`` for ``v > 0`` (``b`` true), as it should be. Computed
-    without gradient.
+    without gradient. Where the logit is infinite (a certain outcome) the noise is returned
+    unchanged.
 
     Args:
         logits (Tensor): broadcastable to ``logistic``.
         positive (Tensor): bool outcome, broadcastable to ``logistic``.
         logistic (Tensor): standard Logistic noise.
-        consume_noise (bool): if True, ``logistic`` is overwritten with the result.
 
     Example::
 
         >>> noise = draw_logistic(torch.Size([5]), torch.float64, torch.device("cpu"))
         >>> b = torch.tensor([True, False, True, True, False])
-        >>> lc = conditional_logistic(torch.tensor(2.0), b, noise)
+        >>> lc = conditional_logistic(torch.tensor(2.0, dtype=torch.float64), b, noise)
         >>> bool(((2.0 + lc > 0) == b).all())
         True
     """
     with torch.no_grad():
-        logits = logits.detach()
-        sign = positive.to(logistic.dtype).mul_(2.0).sub_(1.0)
-        out = logistic if consume_noise else logistic.clone()
-        shifted = torch.addcmul(out, sign, logits)  # L' + s θ
-        torch.logaddexp(F.softplus(out, threshold=torch.inf), shifted, out=out)
-        return out.mul_(sign).sub_(logits)
+        certain = certain_outcomes(logits)
+        logits = torch.where(certain, 0.0, logits.detach())
+        sign = positive.to(logistic.dtype) * 2 - 1
+        shifted = logistic + sign * logits  # L' + s θ
+        out = sign * torch.logaddexp(F.softplus(logistic, threshold=torch.inf), shifted) - logits
+        return torch.where(certain, logistic, out)
 
 
-class _BinaryReinMax(torch.autograd.Function):
-    """Forward: ``positive`` as 0.0/1.0. Backward: ReinMax for two classes, logits ``(θ, 0)``.
-
-    With ``p = sigmoid(θ)`` and ``r = sigmoid(-s θ / τ)`` (``s = ±1`` the outcome's sign),
-    ``π1 (1 - π1) = r (2 - r) / 4``, so the gradient is
-    ``grad · (r (2 - r) - p (1 - p)) / 2``, written without cancellation.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, temperature: Tensor, positive: Tensor) -> Tensor:
-        ctx.save_for_backward(logits, temperature, positive)
-        return positive.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        logits, temperature, positive = ctx.saved_tensors
-        p0 = torch.sigmoid(logits) * torch.sigmoid(-logits)
-        with torch.no_grad():
-            tempered = logits / temperature
-            r = torch.sigmoid(torch.where(positive, -tempered, tempered))
-        if not torch.is_grad_enabled():
-            return _sum_to_batch((r * (2 - r) - p0) * grad * 0.5, logits.dim()), None, None
-        # Recording a graph of this backward: as in the categorical case, π1 is a sigmoid
-        # of θ shifted by a constant, logit(π1) = ±(log(1 - r/2) - log(r/2)).
-        with torch.no_grad():
-            pi1_logit = torch.log1p(-r / 2) - torch.log(r / 2)
-            pi1_logit = torch.where(positive, pi1_logit, -pi1_logit)
-        shifted = (pi1_logit - logits).detach() + logits
-        pq1 = torch.sigmoid(shifted) * torch.sigmoid(-shifted)
-        return _sum_to_batch((2 * pq1 - 0.5 * p0) * grad, logits.dim()), None, None
+def _binary_reinmax_surrogate(
+    logits: Tensor, temperature: Tensor, positive: Tensor, certain: Tensor
+) -> Tensor:
+    """``2 sigmoid(θ + c) - sigmoid(θ) / 2`` with ``sigmoid(θ + c) = π1 = (b + sigmoid(θ / τ)) / 2``
+    in value: ReinMax with logits ``(θ, 0)``. With ``r = sigmoid(-s θ / τ)`` (``s = ±1`` the
+    outcome's sign), ``logit π1 = s (log(1 - r/2) - log(r/2))``, without cancellation."""
+    safe = torch.where(certain, 0.0, logits)
+    with torch.no_grad():
+        sign = positive.to(logits.dtype) * 2 - 1
+        r = torch.sigmoid(-sign * logits / temperature)
+        pi1_logit = sign * (torch.log1p(-r / 2) - torch.log(r / 2))
+    surrogate = 2 * torch.sigmoid(safe + (pi1_logit - safe.detach())) - torch.sigmoid(safe) / 2
+    return torch.where(certain, 0.0, surrogate)
 
 
 def binary_straight_through_sample(
@@ -388,7 +311,7 @@ def binary_straight_through_sample(
     ``π1 = (b + sigmoid(θ / τ)) / 2``, and gives no gradient to the temperature.
 
     Args:
-        logits (Tensor): log-odds, any shape.
+        logits (Tensor): log-odds, any shape (``±inf``: a certain outcome).
         temperature (float or Tensor): positive, broadcastable with ``logits``.
         estimator, rao_samples, sample_shape, validate: as in
             :func:`straight_through_sample`.
@@ -416,18 +339,21 @@ def sample_binary(
     ``logits`` and ``temperature`` of ``batch_shape``, one dtype, already validated;
     ``shape`` is ``sample_shape + logits.shape``. No checks.
     """
+    out_dtype = logits.dtype
+    dtype = compute_dtype(out_dtype)
+    certain = certain_outcomes(logits)
+    logits, temperature = logits.to(dtype), temperature.to(dtype)
     if not _needs_grad(logits, temperature) or estimator == "reinmax":
-        positive = draw_logistic(shape, logits.dtype, logits.device).add_(logits) > 0
+        positive = (draw_logistic(shape, dtype, logits.device) + logits) > 0
         if not _needs_grad(logits, temperature):
-            return positive.to(logits.dtype)
-        return _BinaryReinMax.apply(logits, temperature, positive)
+            return positive.to(out_dtype)
+        surrogate = _binary_reinmax_surrogate(logits, temperature, positive, certain)
+        return _straight_through(positive.to(out_dtype), surrogate)
     draws = rao_samples if estimator == "gumbel_rao" else 1
-    noise = draw_logistic(torch.Size([draws]) + shape, logits.dtype, logits.device)
-    if draws == 1:
-        y = binary_concrete_logit_sample(logits, temperature, noise, consume_noise=True)
-        return _HardSign.apply(y, y[0] > 0)
+    noise = draw_logistic(torch.Size([draws]) + shape, dtype, logits.device)
     # As in the categorical case, the first draw decides the outcome.
     positive = (noise[0] + logits) > 0
-    conditional_logistic(logits, positive, noise[1:], consume_noise=True)
-    y = binary_concrete_logit_sample(logits, temperature, noise, consume_noise=True)
-    return _HardSign.apply(y, positive)
+    if draws > 1:
+        noise = torch.cat([noise[:1], conditional_logistic(logits, positive, noise[1:])])
+    soft = torch.sigmoid(logit_sample(logits, temperature, noise, out_dtype, certain)).mean(0)
+    return _straight_through(positive.to(out_dtype), soft)
