@@ -69,8 +69,11 @@ def test_sites_shapes_and_parameters():
     torch.testing.assert_close(guide.probs()["z"], PRIOR_Z.softmax(-1).expand(5, 3))
     torch.testing.assert_close(guide.probs()["g"], torch.tensor(0.3))
     # SVI runs with both ELBOs and validation on
-    for elbo in (Trace_ELBO(), TraceMeanField_ELBO()):
-        svi = SVI(shapes_model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
+    for model, elbo in (
+        (differentiable_one_hot(shapes_model), Trace_ELBO()),
+        (shapes_model, TraceMeanField_ELBO()),
+    ):
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo)
         assert torch.isfinite(torch.tensor(svi.step(data)))
 
 
@@ -218,7 +221,7 @@ def test_temperature_schedule_is_read_on_every_call():
 def test_learned_temperature():
     data = torch.randn(5)
     guide = AutoConcrete(shapes_model, estimator="st", temperature=0.8, learn_temperature=True)
-    svi = SVI(shapes_model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    svi = SVI(differentiable_one_hot(shapes_model), guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     svi.step(data)
     store = pyro.get_param_store()
     assert store._constraints["AutoConcrete.temperature"] is pc.constraints.positive_finite
@@ -304,7 +307,7 @@ def test_continuous_sites_are_refused_with_advice():
 def test_pickle_round_trip():
     data = torch.randn(4)
     guide = AutoConcrete(shapes_model, temperature=ExponentialDecay(every=3))
-    svi = SVI(shapes_model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    svi = SVI(differentiable_one_hot(shapes_model), guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     svi.step(data)
     probs = guide.probs()
     copy = pickle.loads(pickle.dumps(guide))

@@ -9,7 +9,12 @@
 - :mod:`.checks`: :func:`check_guide`, a pre-flight check for guide/model pairings that
   would give a wrong ELBO silently (a relaxed guide for a discrete site, Pyro issue 2628);
 - :mod:`.scoring`: :func:`differentiable_one_hot`, a model handler that lets
-  straight-through gradients reach ``OneHotCategorical`` prior terms under ``Trace_ELBO``.
+  straight-through gradients reach ``OneHotCategorical`` prior terms under ``Trace_ELBO``
+  (without it, :class:`AutoConcrete` warns once at the first training step).
+
+Every piece of advice these give (and :mod:`pyro_concrete.kl`'s errors) is written once, in
+the private ``_sites`` module, with the unwrapping of Pyro's ``Independent`` /
+``MaskedDistribution`` / ``ExpandedDistribution`` and the reading of masks.
 """
 
 from .autoguide import AutoConcrete, auto_concrete_guide, is_concrete_site

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+import weakref
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from operator import attrgetter
 from typing import NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.infer.autoguide import AutoGuide, AutoGuideList, AutoNormal
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Independent, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 from torch.distributions import constraints as torch_constraints
 
 from .. import constraints, ops
 from ..distributions import BinaryConcreteStraightThrough, ConcreteStraightThrough
+from . import _sites
 from .schedules import TemperatureSchedule, _positive
 
 __all__ = ["AutoConcrete", "auto_concrete_guide", "is_concrete_site"]
@@ -30,19 +34,9 @@ __all__ = ["AutoConcrete", "auto_concrete_guide", "is_concrete_site"]
 class _Site(NamedTuple):
     binary: bool  # Bernoulli-type (True) or one-hot categorical (False)
     extra_event_dims: int  # event dims added by to_event around the base distribution
-
-
-def _base_distribution(fn) -> tuple[object, int]:
-    """Unwraps ``Independent``/``MaskedDistribution``/``ExpandedDistribution``."""
-    extra = 0
-    while True:
-        if isinstance(fn, Independent):
-            extra += fn.reinterpreted_batch_ndims
-            fn = fn.base_dist
-        elif isinstance(fn, (MaskedDistribution, ExpandedDistribution)):
-            fn = fn.base_dist
-        else:
-            return fn, extra
+    # whether the model's prior term may miss the straight-through gradient under
+    # Trace_ELBO (a non-uniform torch OneHotCategorical prior; see _check_prior_term)
+    watch_prior: bool
 
 
 def _is_latent_sample(msg) -> bool:
@@ -70,19 +64,18 @@ def _is_discrete_sample(msg) -> bool:
 def _classify(site) -> _Site:
     """The guide to build for a model site, or a TypeError telling the user what to do."""
     name = site["name"]
-    base, extra = _base_distribution(site["fn"])
+    base, wrappers = _sites.unwrap(site["fn"])
+    extra = _sites.extra_event_dims(wrappers)
     if isinstance(base, (Bernoulli, BinaryConcreteStraightThrough)):
-        return _Site(True, extra)
+        return _Site(True, extra, False)  # Bernoulli.log_prob is linear in the value
     if isinstance(base, (OneHotCategorical, ConcreteStraightThrough)):
-        return _Site(False, extra)
+        argmax_scored = isinstance(base, OneHotCategorical) or _sites.is_rescored(base)
+        return _Site(False, extra, argmax_scored and not _uniform_and_fixed(base))
     if isinstance(base, Categorical):
         raise TypeError(
-            f"AutoConcrete: site '{name}' is a Categorical (integer-valued) site; no gradient can "
-            "reach the model through an integer index, so it has no straight-through guide. "
-            f"Either write it as pyro.sample('{name}', dist.OneHotCategorical(...)) and use the "
-            "one-hot value (e.g. `(z * locs).sum(-1)` or `z @ locs` instead of `locs[z]`), or "
-            f"enumerate it (infer={{'enumerate': 'parallel'}} on the site, TraceEnum_ELBO), which "
-            "AutoConcrete leaves alone."
+            f"AutoConcrete: site '{name}' is a Categorical (integer-valued) site, which has no "
+            f"straight-through guide: {_sites.one_hot_for_integer_site(name)}; AutoConcrete leaves "
+            "enumerated sites alone."
         )
     kind = "discrete" if site["fn"].support.is_discrete else "continuous"
     raise TypeError(
@@ -94,16 +87,78 @@ def _classify(site) -> _Site:
     )
 
 
-def _initial_logits(site, binary: bool, init: str) -> Tensor:
+def _uniform_and_fixed(base) -> bool:
+    """A prior whose term has no gradient to miss: uniform over its unmasked categories in
+    every row (the straight-through surrogates sum to one), and not a function of a
+    parameter (as traced once)."""
+    log_probs, zeros = _sites.categorical_log_probs(base)
+    if log_probs.requires_grad or log_probs.device.type == "meta":
+        return False
+    first = log_probs.gather(-1, (~zeros).to(torch.long).argmax(-1, keepdim=True))
+    return bool(((log_probs == first) | zeros).all())
+
+
+class _InitialLogits(NamedTuple):
+    logits: Tensor  # finite; the initial value of the unconstrained parameter
+    pinned: Tensor | None  # where the prior rules an outcome out (None: nowhere)
+    values: Tensor | None  # the logits there (±inf)
+
+
+def _initial_logits(site, binary: bool, init: str) -> _InitialLogits:
+    """The guide's initial logits for a site, on the device and dtype of the model's value,
+    and the outcomes its prior rules out (read from the prior whatever ``init`` is)."""
     value = site["value"].detach()
     dtype = value.dtype if value.is_floating_point() else torch.get_default_dtype()
+    base, _ = _sites.unwrap(site["fn"])
+    if binary:
+        log_p1, log_p0, zero1, zero0 = _sites.bernoulli_log_probs(base)
+        pinned = zero1 | zero0
+        if _sites.given_probs(base) is None:  # the logits themselves, exactly
+            logits = torch.where(pinned, torch.zeros_like(base.logits), base.logits)
+        else:
+            logits = log_p1 - log_p0  # 0 - 0 where pinned
+        values = torch.where(zero0, torch.full_like(logits, torch.inf), torch.full_like(logits, -torch.inf))
+    else:  # normalised (torch's OneHotCategorical already is; the ST class is not)
+        logits, pinned = _sites.categorical_log_probs(base)
+        values = torch.full_like(logits, -torch.inf)
+    shape, device = value.shape, value.device
+
+    def full(t: Tensor) -> Tensor:
+        return torch.broadcast_to(t.detach().to(device), shape).clone()
+
+    logits = full(logits).to(dtype)
     if init == "uniform":
-        return torch.zeros(value.shape, dtype=dtype, device=value.device)
-    base, _ = _base_distribution(site["fn"])
-    logits = base.logits.detach()
-    if not binary:  # normalise (torch's OneHotCategorical already does; the ST class does not)
-        logits = logits - logits.logsumexp(-1, keepdim=True)
-    return torch.broadcast_to(logits, value.shape).to(dtype).clone()
+        logits = torch.zeros_like(logits)
+    if pinned.device.type == "meta" or not bool(pinned.any()):
+        return _InitialLogits(logits, None, None)
+    return _InitialLogits(logits, full(pinned), full(values).to(dtype))
+
+
+def _check_prior_term(guide_ref: weakref.ref, note: _sites.PriorScoring, grad: Tensor) -> None:
+    """Backward hook on a guided sample: warns once if the model's prior term for the site
+    did not pass the straight-through gradient (item 12 of issue 8)."""
+    guide = guide_ref()
+    if guide is None or note.handled or guide._warned_prior:
+        return
+    guide._warned_prior = True
+    warnings.warn(
+        f"AutoConcrete: the model's OneHotCategorical site '{note.site}' was scored by its own "
+        f"log_prob under a Monte Carlo ELBO: {_sites.IGNORED_PRIOR}.",
+        UserWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised here at the first caller outside
+    torch, Pyro and this package (the line that called ``svi.step`` or ``backward``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INTERNAL:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_INTERNAL = frozenset({"torch", "pyro", "pyro_concrete"})
 
 
 class AutoConcrete(AutoGuide):
@@ -127,6 +182,24 @@ class AutoConcrete(AutoGuide):
     to ``SVI`` wrapped in :func:`~pyro_concrete.infer.differentiable_one_hot` when it has
     ``OneHotCategorical`` sites: torch's ``OneHotCategorical.log_prob`` takes an argmax of the
     value, so without it the prior term gets no gradient and the guide ignores the prior.
+    A guide cannot change how the model scores its sample, so the plain call
+    ``SVI(model, AutoConcrete(model), optim, Trace_ELBO())`` cannot be made right from here;
+    it is made loud instead: the first backward pass through a guided sample whose model
+    site was scored by torch's argmax ``log_prob`` (neither rescored nor replaced by a
+    registered KL) emits a ``UserWarning`` naming both fixes, once per guide. Sites whose
+    prior is uniform over its categories and not a parameter have no prior gradient to
+    miss and are not watched; JIT-traced ELBOs are not watched.
+
+    Masks: outcomes the prior rules out (``-inf`` logits or zero probs of a
+    ``OneHotCategorical``, Bernoulli probs 0 or 1), as traced once at setup, are ruled out
+    in the guide too, whatever ``init``: their logits are pinned to ``∓inf`` by the
+    parameter's constraint (the unconstrained parameter is finite there and gets zero
+    gradient), so the guide never samples them. A prior whose mask changes between calls
+    is not followed (:func:`~pyro_concrete.infer.check_guide` reports a guide that gives
+    mass to a masked category).
+
+    Parameters (logits and a learned temperature) are created on the device and in the
+    dtype of the model's values at the guided sites.
 
     Plates are respected as in Pyro's ``AutoDelta``/``AutoNormal``: parameters have the
     full plate size, and under a subsampled plate the guide uses the rows of the
@@ -157,7 +230,8 @@ class AutoConcrete(AutoGuide):
             :data:`~pyro_concrete.constraints.positive_finite` (see
             :mod:`pyro_concrete.infer.schedules` on when this is informative).
         init (str): initial logits: ``"prior"`` (the model's logits at the site, as traced
-            once; repeated periodically over a subsampled plate) or ``"uniform"`` (zeros).
+            once; repeated periodically over a subsampled plate) or ``"uniform"`` (zeros:
+            uniform over the categories the prior does not mask).
         init_scale (float): standard deviation of Gaussian noise added to the initial
             logits (``0`` for none), e.g. to break symmetries between mixture components.
         create_plates (callable): as in Pyro's autoguides.
@@ -201,12 +275,10 @@ class AutoConcrete(AutoGuide):
         self._init = init
         self._init_scale = float(init_scale)
         self._learn_temperature = bool(learn_temperature)
-        if self._learn_temperature:
-            self.temperature = PyroParam(
-                torch.tensor(float(temperature)), constraint=constraints.positive_finite
-            )
-        else:
-            self.temperature = temperature
+        self._warned_prior = False
+        # With learn_temperature=True, the initial value until the first call creates the
+        # parameter on the model's device and dtype (see _setup_prototype).
+        self.temperature = temperature
 
     # -- setup ---------------------------------------------------------------------
 
@@ -214,20 +286,35 @@ class AutoConcrete(AutoGuide):
         super()._setup_prototype(*args, **kwargs)
         self._sites: dict[str, _Site] = {}
         self.logits = PyroModule()
+        like = None  # the first site's logits: the device and dtype of the model's values
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             if site["infer"].get("enumerate"):
                 continue  # left to enumeration
             info = _classify(site)
             self._sites[name] = info
-            logits = _initial_logits(site, info.binary, self._init)
+            logits, pinned, values = _initial_logits(site, info.binary, self._init)
             if self._init_scale > 0:
                 logits = logits + self._init_scale * torch.randn_like(logits)
             event_dim = site["fn"].event_dim
             for frame in site["cond_indep_stack"]:
                 full_size = frame.full_size or frame.size
                 if full_size != frame.size:
-                    logits = periodic_repeat(logits, full_size, frame.dim - event_dim).contiguous()
-            deep_setattr(self.logits, name, PyroParam(logits, torch_constraints.real, event_dim))
+                    dim = frame.dim - event_dim
+                    logits = periodic_repeat(logits, full_size, dim).contiguous()
+                    if pinned is not None:
+                        pinned = periodic_repeat(pinned, full_size, dim).contiguous()
+                        values = periodic_repeat(values, full_size, dim).contiguous()
+            if pinned is None:
+                constraint = torch_constraints.real
+            else:
+                constraint = constraints.Pinned(pinned, values, event_dim)
+                logits = torch.where(pinned, values, logits)  # the constrained initial value
+            deep_setattr(self.logits, name, PyroParam(logits, constraint, event_dim))
+            like = like if like is not None else logits
+        if self._learn_temperature:
+            like = like if like is not None else torch.empty(())
+            initial = torch.tensor(float(self.temperature), dtype=like.dtype, device=like.device)
+            self.temperature = PyroParam(initial, constraint=constraints.positive_finite)
 
     def _current_temperature(self) -> float | Tensor:
         temperature = self.temperature
@@ -258,8 +345,30 @@ class AutoConcrete(AutoGuide):
                     if frame.vectorized:
                         stack.enter_context(plates[frame.name])
                 logits = attrgetter(name)(self.logits)
-                result[name] = pyro.sample(name, self._site_distribution(name, logits, temperature))
+                fn = self._site_distribution(name, logits, temperature)
+                note = self._prior_note(name, fn)
+                infer = {} if note is None else {_sites.PRIOR_SCORING_KEY: note}
+                result[name] = value = pyro.sample(name, fn, infer=infer)
+                if note is not None and value.requires_grad:
+                    try:
+                        value.register_hook(partial(_check_prior_term, weakref.ref(self), note))
+                    except RuntimeError:  # a tensor that takes no hooks (torch.func, ...)
+                        pass
         return result
+
+    def _prior_note(self, name: str, fn) -> _sites.PriorScoring | None:
+        """A note to learn how the model scores this site's sample, if it needs watching."""
+        if (
+            self._warned_prior
+            or not self._sites[name].watch_prior
+            or not torch.is_grad_enabled()
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        note = _sites.PriorScoring(name)
+        _sites.watch_exact_kl(_sites.unwrap(fn)[0], note)
+        return note
 
     def _check_setup(self) -> None:
         if self.prototype_trace is None:

@@ -5,35 +5,80 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pyro.poutine as poutine
+import torch
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import Distribution
+
+from . import _sites
 
 __all__ = ["check_guide"]
 
 
-def _describe(fn) -> str:
+def _describe(fn: Distribution) -> str:
     return type(fn).__name__
 
 
+def _check_masks(name: str, q: Distribution, p: Distribution) -> None:
+    """Raises ``ValueError`` where the guide and the model disagree on structural zeros."""
+    q_base, p_base = _sites.unwrap(q)[0], _sites.unwrap(p)[0]
+    zero_q, zero_p = _sites.zero_mask(q_base), _sites.zero_mask(p_base)
+    if zero_q is None or zero_p is None or zero_q.shape[-1:] != zero_p.shape[-1:]:
+        return
+    if "meta" in (zero_q.device.type, zero_p.device.type):
+        return  # shapes only, no values to compare
+    try:
+        zero_q, zero_p = torch.broadcast_tensors(zero_q, zero_p.to(zero_q.device))
+    except RuntimeError:
+        return  # a shape mismatch is Pyro's to report, with the site's shapes
+    if q.support.is_discrete:
+        if bool((~zero_q & zero_p).any()):
+            raise ValueError(
+                f"site '{name}': the guide's {_describe(q)} gives positive probability to outcomes "
+                f"that the model's {_describe(p)} rules out (zero probs, -inf logits): the ELBO is "
+                "-inf whenever the guide draws one (the KL is +inf). Mask the same categories in the "
+                "guide (-inf logits); AutoConcrete reads the masks from the prior."
+            )
+    elif bool((zero_q != zero_p).any()):
+        raise ValueError(
+            f"site '{name}': the guide's {_describe(q)} and the model's {_describe(p)} mask different "
+            "categories (or outcomes): relaxed distributions on different faces of the simplex have no "
+            "common density (the KL is +inf). Mask the same categories in both."
+        )
+
+
 def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
-    """Raises ``TypeError`` where a guide site cannot score against its model site.
+    """Raises where a guide site cannot score against its model site.
 
     Runs the guide and the model once each (the model from its prior, not replayed, so
     that a mismatched value cannot crash it first) and compares every latent site they
     share:
 
-    - a continuous (relaxed) guide for a discrete model site, e.g. ``Concrete`` or Pyro's
-      ``RelaxedOneHotCategoricalStraightThrough`` against ``OneHotCategorical``: the ELBO
-      would mix a density with a probability mass (with validation off, a silent wrong
-      answer: Pyro issue 2628). Use :class:`~pyro_concrete.ConcreteStraightThrough`;
-    - a discrete guide for a continuous (relaxed) model site;
-    - discrete sites of different event dimensions, e.g. a one-hot guide for an
-      integer-valued ``Categorical`` model site.
+    - ``TypeError``: a continuous (relaxed) guide for a discrete model site, e.g.
+      ``Concrete`` or Pyro's ``RelaxedOneHotCategoricalStraightThrough`` against
+      ``OneHotCategorical``: the ELBO would mix a density with a probability mass (with
+      validation off, a silent wrong answer: Pyro issue 2628). Use
+      :class:`~pyro_concrete.ConcreteStraightThrough`;
+    - ``TypeError``: a discrete guide for a continuous (relaxed) model site;
+    - ``TypeError``: discrete sites of different event dimensions, e.g. a one-hot guide for
+      an integer-valued ``Categorical`` model site;
+    - ``ValueError``: masks (``-inf`` logits, zero probs) that do not fit: a discrete guide
+      with positive probability on a category the model masks (an ELBO of ``-inf`` whenever
+      it is drawn), or relaxed distributions masking different categories.
 
     Call it once before training; it costs one run of each.
 
+    Args:
+        model (callable): the Pyro model.
+        guide (callable): the guide to check against it.
+        *args, **kwargs: the arguments of both.
+
+    Raises:
+        TypeError: a pairing whose ELBO mixes kinds of distribution (see above).
+        ValueError: masks that do not fit (see above).
+
     Example::
 
-        >>> check_guide(model, guide, data)   # raises TypeError naming the site and the fix
+        >>> check_guide(model, guide, data)   # raises naming the site and the fix
     """
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -52,10 +97,9 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
         if p_discrete and not q_discrete:
             raise TypeError(
                 f"site '{name}': the guide's {_describe(q)} is continuous but the model's "
-                f"{_describe(p)} is discrete; an ELBO would mix a density with a probability mass "
-                "(not a bound; Pyro issue 2628). Use pyro_concrete.ConcreteStraightThrough or "
-                "BinaryConcreteStraightThrough in the guide (exact discrete values, relaxed gradients), "
-                "or make the model site relaxed too (Concrete/ExpConcrete, Maddison et al. 2017)."
+                f"{_describe(p)} is discrete; "
+                + _sites.relaxed_guide_for_discrete_site(binary=_sites.unwrap(q)[0].event_dim == 0)
+                + "."
             )
         if q_discrete and not p_discrete:
             raise TypeError(
@@ -67,6 +111,6 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
             raise TypeError(
                 f"site '{name}': the guide's {_describe(q)} has event_dim {q.event_dim} but the model's "
                 f"{_describe(p)} has event_dim {p.event_dim} (a one-hot value against an integer "
-                "Categorical?). Write the model site as OneHotCategorical and use the one-hot value, or "
-                "enumerate it (infer={'enumerate': 'parallel'} with TraceEnum_ELBO)."
+                f"Categorical?): {_sites.one_hot_for_integer_site(name)}."
             )
+        _check_masks(name, q, p)

@@ -215,18 +215,30 @@ class CosineDecay(_Interpolated):
         return 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
-def learned_temperature(name: str = "temperature", init: float = 1.0, minimum: float | None = None) -> Tensor:
+def learned_temperature(
+    name: str = "temperature",
+    init: float = 1.0,
+    minimum: float | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
     """A temperature learned as a Pyro parameter, positive by construction.
 
     Call it inside a guide (or model): it returns
     ``pyro.param(name, init, constraint=...)`` with the constraint
     :data:`pyro_concrete.constraints.positive_finite` (optimised as ``exp(u)``), or
-    ``greater_than(minimum)`` when a floor is given (``minimum + exp(u)``).
+    ``greater_than(minimum)`` when a floor is given (``minimum + exp(u)``). The parameter is
+    created on the first call, as a 0-dim tensor of ``dtype`` on ``device`` (those of the
+    logits it goes with, e.g. ``dtype=logits.dtype, device=logits.device``); later calls
+    return the stored one.
 
     Args:
         name (str): parameter name in Pyro's param store.
         init (float): initial temperature (above ``minimum`` if given).
         minimum (float, optional): a floor the temperature never goes below.
+        dtype (torch.dtype, optional): its dtype (default: torch's default dtype).
+        device (torch.device or str, optional): its device (default: torch's default device).
 
     Returns:
         Tensor: the constrained scalar parameter (requires grad).
@@ -234,8 +246,9 @@ def learned_temperature(name: str = "temperature", init: float = 1.0, minimum: f
     Example::
 
         >>> def guide(data):
-        ...     tau = learned_temperature("tau", init=1.0, minimum=0.1)
-        ...     pyro.sample("z", ConcreteStraightThrough(tau, logits=pyro.param("q", torch.zeros(3))))
+        ...     logits = pyro.param("q", torch.zeros(3, device=data.device))
+        ...     tau = learned_temperature("tau", init=1.0, minimum=0.1, device=logits.device)
+        ...     pyro.sample("z", ConcreteStraightThrough(tau, logits=logits))
     """
     init = _positive("init", init)
     if minimum is None:
@@ -245,4 +258,4 @@ def learned_temperature(name: str = "temperature", init: float = 1.0, minimum: f
         if init <= minimum:
             raise ValueError(f"init must exceed minimum, got init={init} and minimum={minimum}")
         constraint = torch_constraints.greater_than(minimum)
-    return pyro.param(name, lambda: torch.tensor(init), constraint=constraint)
+    return pyro.param(name, lambda: torch.tensor(init, dtype=dtype, device=device), constraint=constraint)

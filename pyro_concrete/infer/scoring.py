@@ -14,53 +14,80 @@ long it trains, against about 0.01 with this handler).
 :class:`~pyro_concrete.ConcreteStraightThrough`'s ``log_prob``, ``sum_k z_k log p_k``: the
 same values on one-hot vectors, linear in between, so the straight-through estimators
 differentiate the prior term as they do the likelihood. The distribution of the site is
-unchanged (same logits, same samples, ``enumerate_support``), and the KL registered for
-the pair keeps ``TraceMeanField_ELBO`` exact.
+unchanged (same probabilities and masks, same samples, ``enumerate_support``), and the KL
+registered for the pair keeps ``TraceMeanField_ELBO`` exact.
+
+:class:`~pyro_concrete.infer.AutoConcrete` cannot rescore the model itself (a guide does not
+change how its model scores a sample), so it watches instead: when ``Trace_ELBO`` backs
+through a guided sample that the model scored with torch's argmax ``log_prob`` (neither
+rescored here nor replaced by a registered KL), it warns once, naming this handler and
+``TraceMeanField_ELBO``. The handler tells it, through the site's ``infer`` dict (which
+Pyro's ``replay`` shares between a guide site and its model site), that a site was rescored.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import Independent, OneHotCategorical
+from torch.distributions import Distribution, OneHotCategorical
 
 from ..distributions import ConcreteStraightThrough
+from . import _sites
 
 __all__ = ["DifferentiableOneHotMessenger", "differentiable_one_hot"]
 
 
-def _rescored(fn):
+def _linear_one_hot(base: Distribution) -> Distribution:
+    """A torch ``OneHotCategorical`` as a :class:`~pyro_concrete.ConcreteStraightThrough` of the
+    same probabilities; any other distribution unchanged."""
+    if not isinstance(base, OneHotCategorical):
+        return base
+    validate = base.__dict__.get("_validate_args")
+    # Given probs are read exactly: torch clamps them on the way to logits, which would give
+    # a category of zero probability a tiny positive one (sampled, enumerated, scored).
+    probs = _sites.given_probs(base)
+    params = {"probs": probs} if probs is not None else {"logits": base.logits}
+    # The temperature only matters to rsample's gradient, which a model site never
+    # uses in SVI (its value comes from the guide); 1 is the neutral choice.
+    return _sites.mark_rescored(ConcreteStraightThrough(1.0, validate_args=validate, **params))
+
+
+def _rescored(fn: Distribution) -> Distribution:
     """``fn`` with every torch ``OneHotCategorical`` inside it replaced; ``fn`` itself if none."""
-    if isinstance(fn, Independent):
-        base = _rescored(fn.base_dist)
-        return fn if base is fn.base_dist else base.to_event(fn.reinterpreted_batch_ndims)
-    if isinstance(fn, MaskedDistribution):
-        base = _rescored(fn.base_dist)
-        return fn if base is fn.base_dist else base.mask(fn._mask)
-    if isinstance(fn, ExpandedDistribution):
-        base = _rescored(fn.base_dist)
-        return fn if base is fn.base_dist else base.expand(fn.batch_shape)
-    if isinstance(fn, OneHotCategorical):
-        validate = fn.__dict__.get("_validate_args")
-        # The temperature only matters to rsample's gradient, which a model site never
-        # uses in SVI (its value comes from the guide); 1 is the neutral choice.
-        return ConcreteStraightThrough(1.0, logits=fn.logits, validate_args=validate)
-    return fn
+    return _sites.map_base(fn, _linear_one_hot)
 
 
 class DifferentiableOneHotMessenger(Messenger):
     """Rescores ``OneHotCategorical`` sample sites linearly in the value (see module doc)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._rescored_messages: set[int] = set()  # ids of messages between process and post
+
+    def __enter__(self) -> DifferentiableOneHotMessenger:
+        self._rescored_messages.clear()  # none is left unless a model run raised
+        return super().__enter__()
+
     def _pyro_sample(self, msg) -> None:
         if site_is_subsample(msg):
             return
-        msg["fn"] = _rescored(msg["fn"])
+        fn = _rescored(msg["fn"])
+        if fn is not msg["fn"]:
+            msg["fn"] = fn
+            self._rescored_messages.add(id(msg))
+
+    def _pyro_post_sample(self, msg) -> None:
+        # After replay the site's infer dict is the guide's: tell AutoConcrete that this prior
+        # term passes the straight-through gradient (see _sites.PriorScoring). Checked by the
+        # message, not its fn, which outer plates may have replaced by an expanded copy.
+        if id(msg) in self._rescored_messages:
+            self._rescored_messages.discard(id(msg))
+            _sites.note_rescored(msg)
 
 
-def differentiable_one_hot(fn: Callable | None = None):
+def differentiable_one_hot(fn: Callable | None = None) -> Callable | DifferentiableOneHotMessenger:
     """Handler: score a model's ``OneHotCategorical`` sites as ``sum_k z_k log p_k``.
 
     Use it on the *model* given to ``SVI`` with ``Trace_ELBO`` and a straight-through guide
@@ -68,9 +95,18 @@ def differentiable_one_hot(fn: Callable | None = None):
     is differentiated by the estimator (torch's ``log_prob`` takes an argmax of the value
     and has no gradient in it). Not needed with ``TraceMeanField_ELBO``.
 
+    Masked categories (``-inf`` logits, zero probs) stay masked: never sampled, ``log_prob``
+    ``-inf`` for a value on one, and a finite derivative in the value (see
+    :meth:`~pyro_concrete.ConcreteStraightThrough.log_prob`). Given probs are used exactly;
+    torch clamps probabilities below its float epsilon when it turns them into logits, so
+    its ``log_prob`` differs from the rescored one for such categories.
+
     Args:
         fn (callable, optional): the model; without it, returns the messenger (usable as a
             context manager).
+
+    Returns:
+        callable or DifferentiableOneHotMessenger: the wrapped model, or the messenger.
 
     Example::
 
