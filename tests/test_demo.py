@@ -1,4 +1,10 @@
-"""The main demo (python -m pyro_concrete.demo) and the categorical VAE behind it."""
+"""The main demo (python -m pyro_concrete.demo) and the categorical VAE behind it.
+
+The tests that load the digits need scikit-learn, and the one that draws the figure needs
+matplotlib (the ``demo`` extra); without them those tests skip. The package imports both
+lazily, so the command line and model tests run everywhere. tqdm, the third demo extra, is a
+dependency of Pyro itself, and no test shows the progress bar (``--quiet``).
+"""
 
 import itertools
 import math
@@ -16,7 +22,14 @@ from pyro_concrete.models import CategoricalVAE
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def needs_digits():
+    """Skips the calling test without scikit-learn, which ships the digits."""
+    return pytest.importorskip("sklearn.datasets", reason="the demo's digits need scikit-learn")
+
+
 def test_demo_runs_and_improves(tmp_path, capsys):
+    needs_digits()
+    pytest.importorskip("matplotlib", reason="the demo's figure needs matplotlib")
     out = tmp_path / "figure.png"
     result = main(["--epochs", "2", "--latents", "4", "--classes", "4", "--out", str(out), "--quiet"])
     train = result.train
@@ -33,6 +46,7 @@ def test_demo_runs_and_improves(tmp_path, capsys):
 
 @pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax", "relaxed"])
 def test_every_estimator_trains(estimator):
+    needs_digits()
     train_x, test_x = load_binarized_digits()
     config = TrainConfig(estimator=estimator, epochs=1, num_latents=3, num_classes=3, eval_particles=5)
     result = train_vae(config, train_x[:400], test_x[:100])
@@ -43,6 +57,7 @@ def test_every_estimator_trains(estimator):
 
 
 def test_split_is_fixed_and_binary():
+    datasets = needs_digits()
     train_a, test_a = load_binarized_digits()
     train_b, test_b = load_binarized_digits()
     assert torch.equal(train_a, train_b) and torch.equal(test_a, test_b)
@@ -50,9 +65,7 @@ def test_split_is_fixed_and_binary():
     assert set(torch.cat([train_a, test_a]).unique().tolist()) == {0.0, 1.0}
     # The split is a partition of the 1797 images: no test image is a copy of a training
     # image unless the data set itself holds duplicates.
-    from sklearn.datasets import load_digits
-
-    data = torch.as_tensor(load_digits().data)
+    data = torch.as_tensor(datasets.load_digits().data)
     assert sorted(map(tuple, (data >= 8).float().tolist())) == sorted(
         map(tuple, torch.cat([train_a, test_a]).tolist())
     )
@@ -60,6 +73,7 @@ def test_split_is_fixed_and_binary():
 
 def test_held_out_neg_elbo_matches_enumeration():
     """The Trace_ELBO estimate against the exact ELBO summed over every latent configuration."""
+    needs_digits()
     torch.manual_seed(0)
     pyro.clear_param_store()
     latents, classes = 2, 3
