@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..parameters import Number, compute_dtype, kernel_temperature
@@ -160,6 +161,9 @@ def _log_softmax(z: Tensor, *, row_max_is_zero: bool = False) -> Tensor:
     CPU ``exp`` is slow on underflow). Composite: every derivative order, every transform."""
     if z.shape[-1] >= _SHORT_LAST_DIM:
         return torch.log_softmax(z, -1)
+    if z.shape[-1] == 2:  # log_softmax([u, v]) = -softplus([v - u, u - v]): no reduction
+        d = z[..., 1:] - z[..., :1]
+        return -F.softplus(torch.cat([d, -d], -1))
     if not row_max_is_zero:
         z = z - z.detach().amax(-1, keepdim=True)
     return z - _clamp_min(z, log_floor(z.dtype)).exp().sum(-1, keepdim=True).log()
