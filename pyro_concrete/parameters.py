@@ -61,11 +61,11 @@ def broadcast_shape(a: torch.Size, b: torch.Size) -> torch.Size:
     """The broadcast of two shapes (``torch.broadcast_shapes`` costs ~8 us a call on CPU,
     a noticeable share of constructing a small distribution in every SVI step)."""
     n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    left, right = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
     out = []
-    for x, y in zip(a, b, strict=True):
+    for x, y in zip(left, right, strict=True):
         if x != y and x != 1 and y != 1:
-            raise ValueError(f"shapes {a} and {b} do not broadcast")
+            raise ValueError(f"shapes {left} and {right} do not broadcast")
         out.append(y if x == 1 else x)
     return torch.Size(out)
 
@@ -159,8 +159,8 @@ def _logits_of_probs(probs: Tensor, event_dim: int) -> Tensor:
 
 def concrete_parameters(
     temperature: Tensor | Number,
-    probs: Tensor | None,
-    logits: Tensor | None,
+    probs: Tensor | Number | None,
+    logits: Tensor | Number | None,
     *,
     event_dim: int,
     validate: bool,
@@ -180,8 +180,9 @@ def concrete_parameters(
             "Exactly one of `logits` or `probs` must be specified, got "
             + ("both" if logits is not None else "neither")
         )
-    name = "logits" if logits is not None else "probs"
-    given = _as_float_tensor(name, logits if logits is not None else probs)
+    name, raw = ("logits", logits) if logits is not None else ("probs", probs)
+    assert raw is not None
+    given = _as_float_tensor(name, raw)
     if event_dim and given.dim() >= 1 and given.shape[-1] < 1:
         raise ValueError(f"{name} must have at least one category, got shape {tuple(given.shape)}")
     if given.dim() < event_dim:

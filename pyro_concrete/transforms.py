@@ -137,14 +137,8 @@ class PinTransform(Transform):
     def __init__(self, constraint: constraints.Pinned, cache_size: int = 0) -> None:
         super().__init__(cache_size=cache_size)
         self._constraint = constraint
-
-    @property
-    def domain(self):
-        return torch_constraints.independent(torch_constraints.real, self._constraint.event_dim)
-
-    @property
-    def codomain(self):
-        return self._constraint
+        self.domain = torch_constraints.independent(torch_constraints.real, constraint.event_dim)
+        self.codomain = constraint
 
     def __eq__(self, other) -> bool:
         return isinstance(other, PinTransform) and other._constraint is self._constraint

@@ -81,9 +81,10 @@ class OwnSampleMemory:
         with respect to ``x`` are both right.
         """
         y = self._recall(value)
-        if y is None:
+        own = self._own_sample
+        if y is None or own is None:
             return None
-        if value.grad_fn is not None and value.grad_fn is self._own_sample.grad_fn:
+        if value.grad_fn is not None and value.grad_fn is own.grad_fn:
             return y, True
         y = y.detach()
         if value.requires_grad:

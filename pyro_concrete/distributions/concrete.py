@@ -41,7 +41,7 @@ class _ConcreteFamily(TemperedDistribution):
     def num_categories(self) -> int:
         return self._event_shape[0]
 
-    def _compute(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _compute(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """Shifted logits, temperature and the mask, in the dtype the kernels compute in
         (computed on each call: a distribution's logits may be updated in place)."""
         dtype = compute_dtype(self.logits.dtype)

@@ -91,8 +91,9 @@ class _StraightThroughFamily(TemperedDistribution):
         enumerated = value.dim() - self._event_dim > len(self.batch_shape)
         no_path = torch.is_grad_enabled() and not value.requires_grad and self._parameters_require_grad()
         if enumerated or no_path:
-            return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)
-        return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)
+            return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)  # type: ignore[arg-type]
+        # Pyro reads the number 0 (not a zero Tensor) as "no score function" (is_identically_zero).
+        return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)  # type: ignore[arg-type]
 
     def _shape(self, sample_shape) -> torch.Size:
         return self._extended_shape(torch.Size(sample_shape))

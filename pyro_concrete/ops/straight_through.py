@@ -145,7 +145,7 @@ def _gumbel_max(theta: Tensor, shape: torch.Size) -> Tensor:
     return (theta + draw_softmax_noise(shape, theta.dtype, theta.device)).argmax(-1, keepdim=True)
 
 
-def _reinmax_surrogate(theta: Tensor, temperature: Tensor, masked: Tensor, hard: Tensor) -> Tensor:
+def _reinmax_surrogate(theta: Tensor, temperature: Tensor, masked: Tensor | None, hard: Tensor) -> Tensor:
     """``2 softmax(θ + c) - softmax(θ) / 2`` with ``softmax(θ + c) = π1 = (D + softmax(θ / τ)) / 2``
     in value (``c`` without gradient): Liu et al. 2023, Algorithm 2, whose Jacobian is
     ``2 J(π1) - J(π0) / 2``. No gradient reaches the temperature. ``theta``: shifted logits,
