@@ -443,7 +443,7 @@ def _shared_instance_gradient(shared: bool, log_sample: bool):
                 d.sample()  # for logging
 
     pyro.clear_param_store()
-    elbo = Trace_ELBO(num_particles=200, vectorize_particles=False)
+    elbo = Trace_ELBO(num_particles=20, vectorize_particles=False)
     torch.manual_seed(4)
     loss = elbo.differentiable_loss(pc.infer.differentiable_one_hot(model), guide)
     return loss, torch.autograd.grad(loss, pyro.param("q").unconstrained())[0]

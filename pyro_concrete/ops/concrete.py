@@ -62,11 +62,18 @@ def _may_branch_on_values(t: Tensor) -> bool:
     it may not, the general path runs: the same results, a little slower.
     """
     return not (
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
-        or torch._C._functorch.peek_interpreter_stack() is not None
-        or t.device.type == "meta"
+        torch.jit.is_tracing() or _is_compiling() or _inside_function_transform() or t.device.type == "meta"
     )
+
+
+def _is_compiling() -> bool:
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling() if is_compiling is not None else torch._dynamo.is_compiling())
+
+
+def _inside_function_transform() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jacrev``, ...) is active."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor | None]:
