@@ -20,44 +20,75 @@ This module imports nothing else from the package but :mod:`pyro_concrete.ops`, 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
+from pyro.distributions.torch_distribution import (
+    ExpandedDistribution,
+    MaskedDistribution,
+    TorchDistributionMixin,
+)
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 from torch.distributions.utils import probs_to_logits
 
 from .. import ops
 
+if TYPE_CHECKING:
+    from pyro.poutine.runtime import Message
+
 # -- wrappers -------------------------------------------------------------------------------------
 
+# A shape wrapper of Pyro's around a site's distribution (see `unwrap`).
+Wrapper: TypeAlias = Independent | MaskedDistribution | ExpandedDistribution
 
-def unwrap(fn: Distribution) -> tuple[Distribution, list[Distribution]]:
+
+def site_distribution(site: Message) -> TorchDistributionMixin:
+    """The distribution of a sample site.
+
+    Pyro types a message's ``fn`` as any callable (messages also carry params and custom
+    effects); at a sample site it is what ``pyro.sample`` was given, which Pyro types as a
+    ``TorchDistributionMixin``.
+    """
+    return cast(TorchDistributionMixin, site["fn"])
+
+
+def unwrap(fn: Distribution) -> tuple[Distribution, list[Wrapper]]:
     """``(base, wrappers)``: the distribution inside Pyro's shape wrappers, and the wrappers,
     outermost first (``Independent`` from ``.to_event``, ``MaskedDistribution`` from
     ``.mask``, ``ExpandedDistribution`` from ``.expand`` of a class without its own)."""
-    wrappers = []
+    wrappers: list[Wrapper] = []
     while isinstance(fn, (Independent, MaskedDistribution, ExpandedDistribution)):
         wrappers.append(fn)
         fn = fn.base_dist
     return fn, wrappers
 
 
-def extra_event_dims(wrappers: list[Distribution]) -> int:
+def extra_event_dims(wrappers: Sequence[Wrapper]) -> int:
     """The event dimensions that ``to_event`` wrappers add around the base."""
     return sum(w.reinterpreted_batch_ndims for w in wrappers if isinstance(w, Independent))
 
 
 def map_base(fn: Distribution, change: Callable[[Distribution], Distribution]) -> Distribution:
     """``fn`` with its base replaced by ``change(base)`` inside the same wrappers; ``fn`` itself
-    (the same object) when ``change`` returns the base unchanged."""
+    (the same object) when ``change`` returns the base unchanged.
+
+    Raises:
+        TypeError: if ``fn`` has wrappers and ``change`` returns a distribution that is not a
+            Pyro one (no ``to_event`` / ``mask`` to rebuild them with).
+    """
     base, wrappers = unwrap(fn)
     new = change(base)
     if new is base:
         return fn
     for wrapper in reversed(wrappers):
+        if not isinstance(new, TorchDistributionMixin):
+            raise TypeError(
+                f"cannot rebuild Pyro's {type(wrapper).__name__} around a {type(new).__name__}: "
+                "the new base must be a Pyro distribution (TorchDistributionMixin)"
+            )
         if isinstance(wrapper, Independent):
             new = new.to_event(wrapper.reinterpreted_batch_ndims)
         elif isinstance(wrapper, MaskedDistribution):
@@ -72,14 +103,25 @@ def map_base(fn: Distribution, change: Callable[[Distribution], Distribution]) -
 
 def structural_zeros(logits: Tensor) -> Tensor:
     """Masked categories of ``(..., K)`` logits: ``-inf``, or more than ``finfo.max / 2`` below
-    the row's largest logit (a ``finfo.min`` mask). :func:`pyro_concrete.ops.structural_zeros`
-    decides; the fallback below is the same rule."""
+    the row's largest logit (a ``finfo.min`` mask), as :func:`pyro_concrete.ops.structural_zeros`
+    decides; also every category of a row that is entirely ``-inf`` (whose gaps to the row's
+    maximum are NaN, which that rule does not count as masked)."""
     detached = logits.detach()
-    helper = getattr(ops, "structural_zeros", None)
-    if helper is not None:  # `| -inf`: a row with every category masked is masked everywhere
-        return helper(detached) | (detached == -torch.inf)
-    gap = detached - detached.amax(-1, keepdim=True)
-    return (detached == -torch.inf) | (gap < -(torch.finfo(logits.dtype).max / 2))
+    return ops.structural_zeros(detached) | (detached == -torch.inf)
+
+
+def logits_of(d: Distribution) -> Tensor:
+    """The ``logits`` of a categorical- or Bernoulli-type distribution.
+
+    Raises:
+        TypeError: if ``d`` has no logits (torch's ``Distribution`` does not declare them).
+    """
+    logits = getattr(d, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"{type(d).__name__} has no logits: a categorical or Bernoulli distribution was expected"
+        )
+    return logits
 
 
 def given_probs(d: Distribution) -> Tensor | None:
@@ -117,7 +159,7 @@ def categorical_log_probs(d: Distribution) -> tuple[Tensor, Tensor]:
     if probs is not None:
         zeros = probs == 0  # (torch normalises given probs)
         return torch.log(torch.where(zeros, torch.ones_like(probs), probs)), zeros
-    logits = d.logits
+    logits = logits_of(d)
     zeros = structural_zeros(logits)
     safe = torch.where(zeros, torch.zeros_like(logits), logits)
     # normalise over the unmasked categories only (a finfo.min logit must not meet exp)
@@ -138,7 +180,7 @@ def bernoulli_log_probs(d: Distribution) -> tuple[Tensor, Tensor, Tensor, Tensor
         log_p1 = torch.log(torch.where(zero1, one, probs))
         log_p0 = torch.log1p(-torch.where(zero0, torch.zeros_like(probs), probs))
         return log_p1, log_p0, zero1, zero0
-    logits = d.logits
+    logits = logits_of(d)
     zero1, zero0 = logits == -torch.inf, logits == torch.inf
     certain = zero1 | zero0  # log-probabilities 0 (exact) and -inf (placeholder 0)
     safe = torch.where(certain, torch.zeros_like(logits), logits)
@@ -153,7 +195,7 @@ def zero_mask(d: Distribution) -> Tensor | None:
     last dimension of 2 for a binary one; ``None`` for other distributions."""
     if not hasattr(d, "logits"):
         return None
-    if d.event_dim == 1 or isinstance(d, Categorical):
+    if len(d.event_shape) == 1 or isinstance(d, Categorical):  # Pyro's event_dim == 1
         return categorical_log_probs(d)[1]
     *_, zero1, zero0 = bernoulli_log_probs(d)
     return torch.stack([zero1, zero0], -1)
@@ -232,7 +274,7 @@ class _ByLogits:
 
     @staticmethod
     def _root(d: Distribution) -> Tensor:
-        logits = d.logits
+        logits = logits_of(d)
         return logits if logits._base is None else logits._base
 
     def __setitem__(self, d: Distribution, value: object) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
 from operator import attrgetter
+from types import FrameType
 from typing import NamedTuple
 
 import pyro
@@ -18,10 +19,12 @@ from pyro.infer.autoguide import AutoGuide, AutoGuideList, AutoNormal
 from pyro.infer.autoguide.utils import deep_setattr
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.ops.tensor_utils import periodic_repeat
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 from torch.distributions import constraints as torch_constraints
+from torch.distributions.constraints import Constraint
 
 from .. import constraints, ops
 from ..distributions import BinaryConcreteStraightThrough, ConcreteStraightThrough
@@ -114,7 +117,8 @@ def _initial_logits(site, binary: bool, init: str) -> _InitialLogits:
         log_p1, log_p0, zero1, zero0 = _sites.bernoulli_log_probs(base)
         pinned = zero1 | zero0
         if _sites.given_probs(base) is None:  # the logits themselves, exactly
-            logits = torch.where(pinned, torch.zeros_like(base.logits), base.logits)
+            base_logits = _sites.logits_of(base)
+            logits = torch.where(pinned, torch.zeros_like(base_logits), base_logits)
         else:
             logits = log_p1 - log_p0  # 0 - 0 where pinned
         values = torch.where(zero0, torch.full_like(logits, torch.inf), torch.full_like(logits, -torch.inf))
@@ -152,7 +156,8 @@ def _check_prior_term(guide_ref: weakref.ref, note: _sites.PriorScoring, grad: T
 def _caller_stacklevel() -> int:
     """The ``stacklevel`` that points a warning raised here at the first caller outside
     torch, Pyro and this package (the line that called ``svi.step`` or ``backward``)."""
-    frame, level = sys._getframe(1), 1
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in _INTERNAL:
         frame, level = frame.f_back, level + 1
     return level
@@ -277,8 +282,9 @@ class AutoConcrete(AutoGuide):
         self._learn_temperature = bool(learn_temperature)
         self._warned_prior = False
         # With learn_temperature=True, the initial value until the first call creates the
-        # parameter on the model's device and dtype (see _setup_prototype).
-        self.temperature = temperature
+        # parameter on the model's device and dtype (see _setup_prototype), read back as a
+        # Tensor from then on.
+        self.temperature: float | Tensor | TemperatureSchedule = temperature
 
     # -- setup ---------------------------------------------------------------------
 
@@ -287,24 +293,30 @@ class AutoConcrete(AutoGuide):
         self._sites: dict[str, _Site] = {}
         self.logits = PyroModule()
         like = None  # the first site's logits: the device and dtype of the model's values
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
-            if site["infer"].get("enumerate"):
+        for name, site in self._prototype_trace().iter_stochastic_nodes():
+            if (site["infer"] or {}).get("enumerate"):  # (pyro.sample always sets a dict)
                 continue  # left to enumeration
             info = _classify(site)
             self._sites[name] = info
             logits, pinned, values = _initial_logits(site, info.binary, self._init)
             if self._init_scale > 0:
                 logits = logits + self._init_scale * torch.randn_like(logits)
-            event_dim = site["fn"].event_dim
+            event_dim = _sites.site_distribution(site).event_dim
             for frame in site["cond_indep_stack"]:
                 full_size = frame.full_size or frame.size
                 if full_size != frame.size:
+                    if frame.dim is None:  # Pyro gives every subsampled (vectorized) plate a dim
+                        raise TypeError(
+                            f"AutoConcrete: site '{name}' is in the subsampled plate '{frame.name}', "
+                            "which has no tensor dimension to repeat the initial logits along"
+                        )
                     dim = frame.dim - event_dim
                     logits = periodic_repeat(logits, full_size, dim).contiguous()
                     if pinned is not None:
                         pinned = periodic_repeat(pinned, full_size, dim).contiguous()
                         values = periodic_repeat(values, full_size, dim).contiguous()
-            if pinned is None:
+            constraint: Constraint
+            if pinned is None or values is None:  # (both or neither: see _initial_logits)
                 constraint = torch_constraints.real
             else:
                 constraint = constraints.Pinned(pinned, values, event_dim)
@@ -313,8 +325,13 @@ class AutoConcrete(AutoGuide):
             like = like if like is not None else logits
         if self._learn_temperature:
             like = like if like is not None else torch.empty(())
-            initial = torch.tensor(float(self.temperature), dtype=like.dtype, device=like.device)
-            self.temperature = PyroParam(initial, constraint=constraints.positive_finite)
+            temperature = self.temperature
+            if isinstance(temperature, TemperatureSchedule):  # refused by __init__
+                raise RuntimeError("AutoConcrete: a learned temperature cannot start from a schedule")
+            initial = torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
+            # PyroModule.__setattr__ registers a PyroParam as a constrained parameter, read back as
+            # a Tensor; the declared attribute type cannot say that.
+            self.temperature = PyroParam(initial, constraint=constraints.positive_finite)  # type: ignore[assignment]
 
     def _current_temperature(self) -> float | Tensor:
         temperature = self.temperature
@@ -337,7 +354,7 @@ class AutoConcrete(AutoGuide):
         plates = self._create_plates(*args, **kwargs)
         temperature = self._current_temperature()
         result = {}
-        for name, site in self.prototype_trace.iter_stochastic_nodes():
+        for name, site in self._prototype_trace().iter_stochastic_nodes():
             if name not in self._sites:
                 continue
             with ExitStack() as stack:
@@ -348,7 +365,8 @@ class AutoConcrete(AutoGuide):
                 fn = self._site_distribution(name, logits, temperature)
                 note = self._prior_note(name, fn)
                 infer = {} if note is None else {_sites.PRIOR_SCORING_KEY: note}
-                result[name] = value = pyro.sample(name, fn, infer=infer)
+                # Pyro's InferDict lists only Pyro's own keys; infer dicts carry others at runtime
+                result[name] = value = pyro.sample(name, fn, infer=infer)  # type: ignore[arg-type]
                 if note is not None and value.requires_grad:
                     try:
                         value.register_hook(partial(_check_prior_term, weakref.ref(self), note))
@@ -370,9 +388,15 @@ class AutoConcrete(AutoGuide):
         _sites.watch_exact_kl(_sites.unwrap(fn)[0], note)
         return note
 
-    def _check_setup(self) -> None:
-        if self.prototype_trace is None:
+    def _prototype_trace(self) -> Trace:
+        """The model's trace recorded at setup; raises if the guide has not been set up."""
+        trace = self.prototype_trace
+        if trace is None:
             raise RuntimeError("AutoConcrete has not been set up yet: call the guide (or svi.step) first")
+        return trace
+
+    def _check_setup(self) -> None:
+        self._prototype_trace()
 
     @torch.no_grad()
     def probs(self) -> dict[str, Tensor]:
@@ -395,7 +419,7 @@ class AutoConcrete(AutoGuide):
         if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
         result = {}
-        for name, _ in self.prototype_trace.iter_stochastic_nodes():
+        for name, _ in self._prototype_trace().iter_stochastic_nodes():
             if name not in self._sites:
                 continue
             logits = attrgetter(name)(self.logits)

@@ -18,6 +18,14 @@ def _describe(fn: Distribution) -> str:
     return type(fn).__name__
 
 
+def _is_discrete(fn: Distribution) -> bool:
+    """Whether ``fn``'s support is discrete (torch types a support as optional)."""
+    support = fn.support
+    if support is None:
+        raise TypeError(f"{_describe(fn)} declares no support: cannot tell whether it is discrete")
+    return support.is_discrete
+
+
 def _check_masks(name: str, q: Distribution, p: Distribution) -> None:
     """Raises ``ValueError`` where the guide and the model disagree on structural zeros."""
     q_base, p_base = _sites.unwrap(q)[0], _sites.unwrap(p)[0]
@@ -30,7 +38,7 @@ def _check_masks(name: str, q: Distribution, p: Distribution) -> None:
         zero_q, zero_p = torch.broadcast_tensors(zero_q, zero_p.to(zero_q.device))
     except RuntimeError:
         return  # a shape mismatch is Pyro's to report, with the site's shapes
-    if q.support.is_discrete:
+    if _is_discrete(q):
         if bool((~zero_q & zero_p).any()):
             raise ValueError(
                 f"site '{name}': the guide's {_describe(q)} gives positive probability to outcomes "
@@ -92,13 +100,13 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
             or model_site["is_observed"]
         ):
             continue
-        q, p = guide_site["fn"], model_site["fn"]
-        q_discrete, p_discrete = q.support.is_discrete, p.support.is_discrete
+        q, p = _sites.site_distribution(guide_site), _sites.site_distribution(model_site)
+        q_discrete, p_discrete = _is_discrete(q), _is_discrete(p)
         if p_discrete and not q_discrete:
             raise TypeError(
                 f"site '{name}': the guide's {_describe(q)} is continuous but the model's "
                 f"{_describe(p)} is discrete; "
-                + _sites.relaxed_guide_for_discrete_site(binary=_sites.unwrap(q)[0].event_dim == 0)
+                + _sites.relaxed_guide_for_discrete_site(binary=len(_sites.unwrap(q)[0].event_shape) == 0)
                 + "."
             )
         if q_discrete and not p_discrete:

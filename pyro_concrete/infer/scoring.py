@@ -48,10 +48,12 @@ def _linear_one_hot(base: Distribution) -> Distribution:
     # Given probs are read exactly: torch clamps them on the way to logits, which would give
     # a category of zero probability a tiny positive one (sampled, enumerated, scored).
     probs = _sites.given_probs(base)
-    params = {"probs": probs} if probs is not None else {"logits": base.logits}
+    logits = base.logits if probs is None else None
     # The temperature only matters to rsample's gradient, which a model site never
     # uses in SVI (its value comes from the guide); 1 is the neutral choice.
-    return _sites.mark_rescored(ConcreteStraightThrough(1.0, validate_args=validate, **params))
+    return _sites.mark_rescored(
+        ConcreteStraightThrough(1.0, probs=probs, logits=logits, validate_args=validate)
+    )
 
 
 def _rescored(fn: Distribution) -> Distribution:
