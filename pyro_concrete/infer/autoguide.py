@@ -247,9 +247,12 @@ class AutoConcrete(AutoGuide):
         ...     with pyro.plate("data", len(data)):
         ...         z = pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(3)))
         ...         pyro.sample("x", dist.Normal(z @ torch.tensor([-2.0, 0.0, 2.0]), 1.0), obs=data)
+        >>> from pyro.infer import SVI, TraceMeanField_ELBO
         >>> guide = AutoConcrete(model, estimator="gumbel_rao", temperature=0.3)
         >>> svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), TraceMeanField_ELBO())
-        >>> # or: SVI(differentiable_one_hot(model), guide, optim, Trace_ELBO())
+        >>> loss = svi.step(torch.tensor([-2.1, 0.2, 1.9]))
+        >>> guide.probs()["z"].shape
+        torch.Size([3, 3])
     """
 
     def __init__(
@@ -448,8 +451,15 @@ def auto_concrete_guide(
 
     Example::
 
+        >>> def model(data):
+        ...     scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        ...     with pyro.plate("data", len(data)):
+        ...         z = pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(3)))
+        ...         pyro.sample("x", dist.Normal(z @ torch.tensor([-2.0, 0.0, 2.0]), scale), obs=data)
         >>> guide = auto_concrete_guide(model, estimator="reinmax", temperature=1.0,
         ...                             continuous_kwargs={"init_scale": 0.05})
+        >>> sorted(guide(torch.tensor([-2.1, 0.2, 1.9])))
+        ['scale', 'z']
     """
     guide = AutoGuideList(model)
     guide.append(AutoConcrete(poutine.block(model, expose_fn=is_concrete_site), **concrete_kwargs))

@@ -78,7 +78,8 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
     Args:
         model (callable): the Pyro model.
         guide (callable): the guide to check against it.
-        *args, **kwargs: the arguments of both.
+        *args: positional arguments of both.
+        **kwargs: keyword arguments of both.
 
     Raises:
         TypeError: a pairing whose ELBO mixes kinds of distribution (see above).
@@ -86,7 +87,15 @@ def check_guide(model: Callable, guide: Callable, *args, **kwargs) -> None:
 
     Example::
 
-        >>> check_guide(model, guide, data)   # raises naming the site and the fix
+        >>> def model():
+        ...     pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(3)))
+        >>> def guide():
+        ...     pyro.sample("z", pc.Concrete(0.5, logits=torch.zeros(3)))  # relaxed: wrong here
+        >>> try:
+        ...     check_guide(model, guide)
+        ... except TypeError as error:
+        ...     print("ConcreteStraightThrough" in str(error))
+        True
     """
     with poutine.block():
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)

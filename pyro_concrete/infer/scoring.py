@@ -112,7 +112,15 @@ def differentiable_one_hot(fn: Callable | None = None) -> Callable | Differentia
 
     Example::
 
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> from pyro_concrete.infer import AutoConcrete
+        >>> def model(data):
+        ...     with pyro.plate("data", len(data)):
+        ...         z = pyro.sample("z", dist.OneHotCategorical(logits=torch.zeros(3)))
+        ...         pyro.sample("x", dist.Normal(z @ torch.tensor([-2.0, 0.0, 2.0]), 1.0), obs=data)
+        >>> optim = pyro.optim.Adam({"lr": 0.05})
         >>> svi = SVI(differentiable_one_hot(model), AutoConcrete(model), optim, Trace_ELBO())
+        >>> loss = svi.step(torch.tensor([-2.1, 0.2, 1.9]))
     """
     messenger = DifferentiableOneHotMessenger()
     return messenger if fn is None else messenger(fn)

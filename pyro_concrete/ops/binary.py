@@ -99,6 +99,7 @@ def binary_concrete_logit_sample(logits: Tensor, temperature: Tensor | Number, n
 
     Example::
 
+        >>> from pyro_concrete.ops import draw_logistic
         >>> L = draw_logistic(torch.Size([4, 3]), torch.float32, torch.device("cpu"))
         >>> y = binary_concrete_logit_sample(torch.zeros(3), 0.5, L)
         >>> x = torch.sigmoid(y)

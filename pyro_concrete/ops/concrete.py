@@ -382,8 +382,8 @@ def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor | Nu
 
     Example::
 
-        >>> x = torch.tensor([0.2, 0.3, 0.5])
-        >>> concrete_log_density(x, torch.zeros(3), 1.0)        # uniform Concrete at τ = 1: log 2
+        >>> x = torch.full((3,), 1 / 3)            # the centre of the simplex, logits 0, τ = 1:
+        >>> concrete_log_density(x, torch.zeros(3), 1.0)     # lgamma(3) + 0 - 3 log 3 + 3 log 3
         tensor(0.6931)
     """
     dtype = compute_dtype(torch.promote_types(value.dtype, logits.dtype))

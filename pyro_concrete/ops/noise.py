@@ -49,7 +49,9 @@ def draw_gumbel(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> 
     Example::
 
         >>> g = draw_gumbel(torch.Size([1000, 3]), torch.float32, torch.device("cpu"))
-        >>> (g + torch.tensor([0.0, 1.0, 2.0])).argmax(-1)   # Categorical(softmax([0, 1, 2]))
+        >>> d = (g + torch.tensor([0.0, 1.0, 2.0])).argmax(-1)   # Categorical(softmax([0, 1, 2]))
+        >>> d.shape
+        torch.Size([1000])
     """
     if torch.finfo(dtype).bits < 32:
         # A half-precision uniform grid cuts the tails (float16 noise spans about
