@@ -1,6 +1,6 @@
 """The demo's categorical VAE trained with each gradient estimator, and with Pyro's ST class.
 
-Every method trains the same model (:class:`pyro_concrete.models.CategoricalVAE`, the one of
+Every method trains the same model (:class:`pyro_concrete.demo.model.CategoricalVAE`, the one of
 ``python -m pyro_concrete.demo``: 8 latents x 8 classes on binarised 8x8 digits, same
 network, optimiser, minibatches, temperature schedule and loss object, ``TraceMeanField_ELBO``,
 except where said) with a different latent distribution in the guide:
@@ -57,8 +57,8 @@ from pyro.infer.elbo import ELBO
 from pyro.optim import Adam
 
 from pyro_concrete.demo.data import load_binarized_digits
+from pyro_concrete.demo.model import CategoricalVAE
 from pyro_concrete.demo.training import TrainConfig, independent_pixels_neg_log_lik, train_vae
-from pyro_concrete.models import CategoricalVAE
 
 
 class PyroStraightThroughVAE(CategoricalVAE):

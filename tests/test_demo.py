@@ -16,8 +16,8 @@ import torch
 from pyro_concrete.demo import main
 from pyro_concrete.demo.cli import parse_args
 from pyro_concrete.demo.data import load_binarized_digits
+from pyro_concrete.demo.model import CategoricalVAE
 from pyro_concrete.demo.training import TrainConfig, train_vae
-from pyro_concrete.models import CategoricalVAE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -27,6 +27,7 @@ def needs_digits():
     return pytest.importorskip("sklearn.datasets", reason="the demo's digits need scikit-learn")
 
 
+@pytest.mark.slow
 def test_demo_runs_and_improves(tmp_path, capsys):
     needs_digits()
     pytest.importorskip("matplotlib", reason="the demo's figure needs matplotlib")
@@ -99,16 +100,22 @@ def test_held_out_neg_elbo_matches_enumeration():
     assert abs(estimate - exact.mean().item()) < 5 * se + 1e-9
 
 
-def test_cli_options():
+def test_cli_options(capsys):
     args = parse_args(["--estimator", "gumbel_rao", "--epochs", "3", "--latents", "5", "--classes", "6"])
     assert (args.estimator, args.epochs, args.latents, args.classes) == ("gumbel_rao", 3, 5, 6)
     with pytest.raises(SystemExit) as info:
         parse_args(["--help"])
     assert info.value.code == 0
-    for bad in (["--estimator", "rebar"], ["--classes", "1"], ["--epochs", "0"]):
+    for bad in (["--estimator", "rebar"], ["--classes", "1"], ["--epochs", "0"], ["--seed", "-1"]):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
         assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        parse_args(["--latents", "2.5"])
+    assert "latents must be an int >= 1, got '2.5'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--classes", "1"])
+    assert "argument --classes: classes must be an int >= 2, got 1" in capsys.readouterr().err
 
 
 def test_model_rejects_bad_arguments():
@@ -118,3 +125,39 @@ def test_model_rejects_bad_arguments():
         CategoricalVAE(num_classes=1)
     with pytest.raises(ValueError, match="num_latents"):
         CategoricalVAE(num_latents=0)
+    # the package's scalar checks: TypeError for a wrong type, ValueError for a bad value
+    with pytest.raises(TypeError, match="num_latents"):
+        CategoricalVAE(num_latents=2.0)
+    with pytest.raises(ValueError, match="temperature"):
+        CategoricalVAE(temperature=0.0)
+    with pytest.raises(ValueError, match=r"hidden\[1\]"):
+        CategoricalVAE(hidden=(16, 0))
+    with pytest.raises(ValueError, match="rao_samples"):
+        CategoricalVAE(rao_samples=0)
+    vae = CategoricalVAE(num_pixels=4, num_latents=1, num_classes=2, hidden=(3,))
+    with pytest.raises(ValueError, match="num_particles"):
+        vae.held_out_neg_elbo(torch.zeros(2, 4), num_particles=0)
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("estimator", "rebar", ValueError),
+        ("epochs", 0, ValueError),
+        ("epochs", 1.5, TypeError),
+        ("num_classes", 1, ValueError),
+        ("seed", -1, ValueError),
+        ("batch_size", True, TypeError),
+        ("learning_rate", 0.0, ValueError),
+        ("learning_rate", "3e-3", TypeError),
+        ("hidden", (8, -1), ValueError),
+        ("initial_temperature", float("nan"), ValueError),
+        ("min_temperature", float("inf"), ValueError),
+        ("anneal_rate", -1e-4, ValueError),
+        ("anneal_every", 0, ValueError),
+        ("eval_particles", None, TypeError),
+    ],
+)
+def test_train_config_rejects_bad_numbers(field, value, error):
+    with pytest.raises(error, match=field):
+        TrainConfig(**{field: value})

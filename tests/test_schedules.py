@@ -80,7 +80,6 @@ def test_stateful_use_and_checkpoints():
         (lambda: ExponentialDecay(minimum=-1.0), "minimum"),
         (lambda: ExponentialDecay(rate=-1e-3), "rate"),
         (lambda: ExponentialDecay(every=0), "every"),
-        (lambda: ExponentialDecay(every=2.5), "every"),
         (lambda: LinearDecay(1.0, 0.0, steps=10), "final"),
         (lambda: CosineDecay(1.0, 0.5, steps=0), "steps"),
         (lambda: ConstantTemperature(float("inf")), "temperature"),
@@ -94,9 +93,22 @@ def test_bad_input(make, name):
         make()
 
 
-def test_bad_types():
-    with pytest.raises(TypeError, match="initial"):
-        ExponentialDecay(initial="1")
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: ExponentialDecay(initial="1"), "initial"),
+        (lambda: ExponentialDecay(every=2.5), "every"),
+        (lambda: ExponentialDecay(rate=None), "rate"),
+        (lambda: LinearDecay(1.0, 0.5, steps=True), "steps"),
+        (lambda: ConstantTemperature(torch.tensor(0.5)), "temperature"),
+        (lambda: ExponentialDecay()(1.0), "step"),
+        (lambda: ExponentialDecay().step(2.0), "steps"),
+        (lambda: learned_temperature("t", init=1.0, minimum="0.1"), "minimum"),
+    ],
+)
+def test_bad_types(make, name):
+    with pytest.raises(TypeError, match=name):
+        make()
 
 
 # -- learned temperatures --------------------------------------------------------------------------

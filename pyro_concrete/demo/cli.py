@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..models import ESTIMATORS
+from .._checks import check_int
 from .data import load_binarized_digits
+from .model import ESTIMATORS
 from .training import TrainConfig, TrainResult, independent_pixels_neg_log_lik, train_vae
 
-__all__ = ["DemoResult", "main", "parse_args"]
+__all__ = ["DemoResult", "console_main", "main", "parse_args"]
 
 _GUIDES = {
     "st": "ConcreteStraightThrough(estimator='st')",
@@ -34,6 +35,22 @@ class DemoResult:
     seconds: float  # wall time of training and evaluation
 
 
+def _int_at_least(minimum: int, name: str) -> Callable[[str], int]:
+    """An argparse ``type``: the package's int check, its message as argparse's error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an int >= {minimum}, got {text!r}") from None
+        try:
+            return check_int(name, value, minimum=minimum)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(
@@ -51,32 +68,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="gradient estimator of the guide; 'relaxed' trains the relaxed (ExpConcrete) model "
         "of Maddison et al. 2017 instead (default: %(default)s)",
     )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="default: %(default)s")
     parser.add_argument(
-        "--latents", type=int, default=defaults.num_latents, help="categorical latents (default: %(default)s)"
+        "--epochs", type=_int_at_least(1, "epochs"), default=defaults.epochs, help="default: %(default)s"
     )
     parser.add_argument(
-        "--classes", type=int, default=defaults.num_classes, help="classes per latent (default: %(default)s)"
+        "--latents",
+        type=_int_at_least(1, "latents"),
+        default=defaults.num_latents,
+        help="categorical latents (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    parser.add_argument(
+        "--classes",
+        type=_int_at_least(2, "classes"),
+        default=defaults.num_classes,
+        help="classes per latent (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=_int_at_least(0, "seed"), default=defaults.seed, help="default: %(default)s"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("vae_demo.png"), help="the figure's PNG file (default: %(default)s)"
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=_int_at_least(1, "threads"),
         default=1,
         help="torch CPU threads; this small model is limited by per-operation overhead, which "
         "more threads do not reduce (default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    for name in ("epochs", "latents", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.classes < 2:
-        parser.error("--classes must be at least 2")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> DemoResult:
@@ -84,7 +105,11 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
 
     Example::
 
-        >>> result = main(["--epochs", "2", "--out", "/tmp/demo.png", "--quiet"])
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp() + "/demo.png"
+        >>> result = main(["--epochs", "2", "--latents", "4", "--classes", "4", "--out", out, "--quiet"])
+        Categorical VAE, 4 latents x 4 classes, on binarised 8x8 digits (1438 training / 359 test images)
+        ...
         >>> result.train.neg_elbo < result.train.initial_neg_elbo
         True
     """
@@ -102,6 +127,11 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
         return _run(config, args.out, progress=not args.quiet)
     finally:
         torch.set_num_threads(threads)
+
+
+def console_main() -> None:
+    """Entry point of the ``pyro-concrete-demo`` console script: :func:`main`, exit status 0."""
+    main()
 
 
 def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:

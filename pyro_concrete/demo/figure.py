@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._checks import check_int
 from .data import IMAGE_SIDE
 from .training import TrainResult
 
@@ -18,6 +19,9 @@ def image_grid(images: Tensor, rows: int, side: int = IMAGE_SIDE, gap: int = 1) 
 
     NaN gaps are drawn in the colormap's "bad" colour by matplotlib.
     """
+    rows = check_int("rows", rows, minimum=1)
+    side = check_int("side", side, minimum=1)
+    gap = check_int("gap", gap, minimum=0)
     n = images.shape[0]
     cols = -(-n // rows)
     grid = torch.full((rows * (side + gap) - gap, cols * (side + gap) - gap), float("nan"))
@@ -43,6 +47,7 @@ def write_figure(
     reconstructions (each latent set to its most probable class); ``3 * num_images``
     digits decoded from samples of the uniform prior (pixel probabilities).
     """
+    num_images = check_int("num_images", num_images, minimum=1)
     import matplotlib
     from matplotlib.figure import Figure  # no pyplot: no display needed, no global state
 
@@ -56,7 +61,7 @@ def write_figure(
         samples = vae.sample_prior(3 * num_images)
 
     fig = Figure(figsize=(12, 4.8), layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[1.0, 1.1])
+    left, right = fig.subfigures(1, 2, squeeze=False, width_ratios=[1.0, 1.1])[0]
     ax = left.subplots()
     steps = range(1, len(result.losses) + 1)
     ax.plot(steps, result.losses, lw=0.6, color="tab:blue", alpha=0.5, label="training loss (per step)")

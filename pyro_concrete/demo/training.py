@@ -11,11 +11,12 @@ import pyro
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro.infer.elbo import ELBO
-from pyro.optim import Adam
+from pyro.optim import PyroOptim
 from torch import Tensor
 
+from .._checks import check_int, check_nonnegative_float, check_positive_float
 from ..infer.schedules import ExponentialDecay
-from ..models import CategoricalVAE
+from .model import ESTIMATORS, CategoricalVAE
 
 __all__ = ["TrainConfig", "TrainResult", "independent_pixels_neg_log_lik", "train_vae"]
 
@@ -45,6 +46,25 @@ class TrainConfig:
     anneal_rate: float = 5e-4
     anneal_every: int = 100
     eval_particles: int = 20
+
+    def __post_init__(self) -> None:
+        """Checks every number (``TypeError`` or ``ValueError`` naming the field)."""
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        self.epochs = check_int("epochs", self.epochs, minimum=1)
+        self.num_latents = check_int("num_latents", self.num_latents, minimum=1)
+        self.num_classes = check_int("num_classes", self.num_classes, minimum=2)
+        self.seed = check_int("seed", self.seed, minimum=0)
+        self.batch_size = check_int("batch_size", self.batch_size, minimum=1)
+        self.learning_rate = check_positive_float("learning_rate", self.learning_rate)
+        self.hidden = tuple(check_int(f"hidden[{i}]", size, minimum=1) for i, size in enumerate(self.hidden))
+        self.rao_samples = check_int("rao_samples", self.rao_samples, minimum=1)
+        self.initial_temperature = check_positive_float("initial_temperature", self.initial_temperature)
+        if self.min_temperature is not None:
+            self.min_temperature = check_positive_float("min_temperature", self.min_temperature)
+        self.anneal_rate = check_nonnegative_float("anneal_rate", self.anneal_rate)
+        self.anneal_every = check_int("anneal_every", self.anneal_every, minimum=1)
+        self.eval_particles = check_int("eval_particles", self.eval_particles, minimum=1)
 
     def schedule(self) -> ExponentialDecay:
         """The temperature schedule of this run."""
@@ -81,7 +101,7 @@ def train_vae(
     vae_class: Callable[..., CategoricalVAE] = CategoricalVAE,
     loss: ELBO | None = None,
 ) -> TrainResult:
-    """Trains a fresh :class:`~pyro_concrete.models.CategoricalVAE` by SVI and scores it.
+    """Trains a fresh :class:`~pyro_concrete.demo.model.CategoricalVAE` by SVI and scores it.
 
     Clears Pyro's parameter store, seeds every random number generator with
     ``config.seed``, and runs ``config.epochs`` passes over shuffled minibatches of
@@ -107,8 +127,9 @@ def train_vae(
 
     Example::
 
+        >>> from pyro_concrete.demo.data import load_binarized_digits
         >>> train, test = load_binarized_digits()
-        >>> result = train_vae(TrainConfig(epochs=5), train, test)
+        >>> result = train_vae(TrainConfig(epochs=2, num_latents=4, num_classes=4), train, test)
         >>> result.initial_neg_elbo > result.neg_elbo
         True
     """
@@ -125,7 +146,8 @@ def train_vae(
         rao_samples=config.rao_samples,
     )
     result = TrainResult(config, vae, vae.held_out_neg_elbo(test_x, config.eval_particles))
-    svi = SVI(vae.model, vae.guide, Adam({"lr": config.learning_rate}), loss or TraceMeanField_ELBO())
+    optim = PyroOptim(torch.optim.Adam, {"lr": config.learning_rate})  # pyro.optim.Adam, typed
+    svi = SVI(vae.model, vae.guide, optim, loss or TraceMeanField_ELBO())
     shuffle = torch.Generator().manual_seed(config.seed)
     num_train = train_x.shape[0]
 

@@ -37,7 +37,6 @@ surrogate (ReinMax gives it none).
 from __future__ import annotations
 
 import math
-import numbers
 
 import pyro
 import torch
@@ -45,6 +44,7 @@ from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
 from .. import constraints
+from .._checks import check_float, check_int, check_positive_float
 
 __all__ = [
     "ConstantTemperature",
@@ -54,21 +54,6 @@ __all__ = [
     "TemperatureSchedule",
     "learned_temperature",
 ]
-
-
-def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
-    value = float(value)
-    if not (0 < value < math.inf):
-        raise ValueError(f"{name} must be positive and finite, got {value}")
-    return value
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class TemperatureSchedule:
@@ -87,9 +72,7 @@ class TemperatureSchedule:
         raise NotImplementedError
 
     def __call__(self, step: int) -> float:
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"step must be an integer >= 0, got {step!r}")
-        return self.value_at(int(step))
+        return self.value_at(check_int("step", step, minimum=0))
 
     @property
     def temperature(self) -> float:
@@ -98,14 +81,14 @@ class TemperatureSchedule:
 
     def step(self, steps: int = 1) -> float:
         """Advances the counter by ``steps`` and returns the new temperature."""
-        self.step_count += _count("steps", steps, 0)
+        self.step_count += check_int("steps", steps, minimum=0)
         return self.temperature
 
     def state_dict(self) -> dict:
         return {"step_count": self.step_count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.step_count = _count("step_count", state["step_count"], 0)
+        self.step_count = check_int("step_count", state["step_count"], minimum=0)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "step_count")
@@ -123,7 +106,7 @@ class ConstantTemperature(TemperatureSchedule):
 
     def __init__(self, temperature: float) -> None:
         super().__init__()
-        self.value = _positive("temperature", temperature)
+        self.value = check_positive_float("temperature", temperature)
 
     def value_at(self, step: int) -> float:
         return self.value
@@ -151,12 +134,10 @@ class ExponentialDecay(TemperatureSchedule):
 
     def __init__(self, initial: float = 1.0, rate: float = 1e-5, minimum: float = 0.5, every: int = 500):
         super().__init__()
-        self.initial = _positive("initial", initial)
-        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (0 <= rate < math.inf):
-            raise ValueError(f"rate must be a finite float >= 0, got {rate!r}")
-        self.rate = float(rate)
-        self.minimum = _positive("minimum", minimum)
-        self.every = _count("every", every, 1)
+        self.initial = check_positive_float("initial", initial)
+        self.rate = check_float("rate", rate, minimum=0.0)
+        self.minimum = check_positive_float("minimum", minimum)
+        self.every = check_int("every", every, minimum=1)
 
     def value_at(self, step: int) -> float:
         t = step - step % self.every
@@ -168,10 +149,10 @@ class _Interpolated(TemperatureSchedule):
 
     def __init__(self, initial: float, final: float, steps: int, every: int = 1) -> None:
         super().__init__()
-        self.initial = _positive("initial", initial)
-        self.final = _positive("final", final)
-        self.steps = _count("steps", steps, 1)
-        self.every = _count("every", every, 1)
+        self.initial = check_positive_float("initial", initial)
+        self.final = check_positive_float("final", final)
+        self.steps = check_int("steps", steps, minimum=1)
+        self.every = check_int("every", every, minimum=1)
 
     def _shape(self, fraction: float) -> float:
         raise NotImplementedError
@@ -250,11 +231,12 @@ def learned_temperature(
         ...     tau = learned_temperature("tau", init=1.0, minimum=0.1, device=logits.device)
         ...     pyro.sample("z", ConcreteStraightThrough(tau, logits=logits))
     """
-    init = _positive("init", init)
+    init = check_positive_float("init", init)
+    constraint: torch_constraints.Constraint
     if minimum is None:
         constraint = constraints.positive_finite
     else:
-        minimum = _positive("minimum", minimum)
+        minimum = check_positive_float("minimum", minimum)
         if init <= minimum:
             raise ValueError(f"init must exceed minimum, got init={init} and minimum={minimum}")
         constraint = torch_constraints.greater_than(minimum)

@@ -1,4 +1,7 @@
-"""A variational autoencoder with categorical latent variables (Jang et al. 2017, sec. 4.2).
+"""The demo's model: a VAE with categorical latent variables (Jang et al. 2017, sec. 4.2).
+
+It is the one model behind ``python -m pyro_concrete.demo`` and ``benchmarks/vae.py``, an
+example of the package in use rather than part of its API.
 
 Generative model, for an image ``x`` of ``P`` binary pixels::
 
@@ -30,6 +33,7 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import Tensor, nn
 
+from .._checks import check_int, check_positive_float
 from ..distributions import ConcreteStraightThrough, ExpConcrete
 
 __all__ = ["ESTIMATORS", "CategoricalVAE"]
@@ -71,7 +75,9 @@ class CategoricalVAE(nn.Module):
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
         ...                      pyro.infer.Trace_ELBO())
         >>> loss = svi.step(torch.bernoulli(torch.full((100, 64), 0.3)))
-        >>> vae.held_out_neg_elbo(torch.zeros(10, 64))      # nats per image, a float
+        >>> neg_elbo = vae.held_out_neg_elbo(torch.zeros(10, 64))   # nats per image
+        >>> isinstance(neg_elbo, float) and neg_elbo > 0
+        True
     """
 
     def __init__(
@@ -87,17 +93,13 @@ class CategoricalVAE(nn.Module):
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        for name, value in (("num_pixels", num_pixels), ("num_latents", num_latents)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        self.num_pixels = num_pixels
-        self.num_latents = num_latents
-        self.num_classes = num_classes
+        self.num_pixels = check_int("num_pixels", num_pixels, minimum=1)
+        self.num_latents = check_int("num_latents", num_latents, minimum=1)
+        self.num_classes = check_int("num_classes", num_classes, minimum=2)
+        hidden = tuple(check_int(f"hidden[{i}]", size, minimum=1) for i, size in enumerate(hidden))
         self.estimator = estimator
-        self.temperature = float(temperature)
-        self.rao_samples = rao_samples
+        self.temperature = check_positive_float("temperature", temperature)
+        self.rao_samples = check_int("rao_samples", rao_samples, minimum=1)
         width = num_latents * num_classes
         self.encoder = _mlp([num_pixels, *hidden, width])
         self.decoder = _mlp([width, *reversed(hidden), num_pixels])
@@ -174,6 +176,8 @@ class CategoricalVAE(nn.Module):
         encoder's logits), estimated with ``num_particles`` samples per image by Pyro's
         ``Trace_ELBO``: the same honest number for every training method.
         """
+        num_particles = check_int("num_particles", num_particles, minimum=1)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
         total = 0.0
         for start in range(0, x.shape[0], batch_size):
@@ -191,6 +195,7 @@ class CategoricalVAE(nn.Module):
     @torch.no_grad()
     def sample_prior(self, num_samples: int) -> Tensor:
         """Pixel probabilities decoded from ``num_samples`` draws of the uniform prior."""
+        num_samples = check_int("num_samples", num_samples, minimum=0)
         probs = torch.full((num_samples, self.num_latents, self.num_classes), 1.0 / self.num_classes)
         return torch.sigmoid(self.decode(dist.OneHotCategorical(probs=probs).sample()))
 
