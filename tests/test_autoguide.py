@@ -291,6 +291,8 @@ def test_differentiable_one_hot_rescoring():
         ({"temperature": ExponentialDecay(), "learn_temperature": True}, ValueError, "learn_temperature"),
         ({"init": "random"}, ValueError, "init"),
         ({"init_scale": -1.0}, ValueError, "init_scale"),
+        ({"init_scale": "0.1"}, TypeError, "init_scale"),
+        ({"rao_samples": 2.5}, TypeError, "rao_samples"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -635,8 +635,6 @@ def test_sample_has_no_grad_and_pickles(family):
         ({"estimator": "ST"}, "estimator"),
         ({"rao_samples": 0}, "rao_samples"),
         ({"rao_samples": -3}, "rao_samples"),
-        ({"rao_samples": 2.5}, "rao_samples"),
-        ({"rao_samples": True}, "rao_samples"),
         ({"temperature": 0.0}, "temperature"),
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": math.nan}, "temperature"),
@@ -715,3 +713,17 @@ def test_guide_side_enumeration_weights_values_like_the_discrete_distribution(bi
     loss, expected = elbo.differentiable_loss(model, ours), elbo.differentiable_loss(model, reference)
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(torch.autograd.grad(loss, q)[0], torch.autograd.grad(expected, q)[0])
+
+
+@pytest.mark.parametrize("rao_samples", [2.5, True, "3"])
+def test_a_non_integer_rao_samples_is_a_type_error_naming_it(rao_samples):
+    for make in (
+        lambda: ConcreteStraightThrough(
+            0.5, logits=torch.zeros(3), estimator="gumbel_rao", rao_samples=rao_samples
+        ),
+        lambda: ops.straight_through_sample(
+            torch.zeros(3), 0.5, estimator="gumbel_rao", rao_samples=rao_samples
+        ),
+    ):
+        with pytest.raises(TypeError, match="rao_samples"):
+            make()

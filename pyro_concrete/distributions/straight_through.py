@@ -53,9 +53,8 @@ class _StraightThroughFamily(TemperedDistribution):
         rao_samples: int = 10,
         validate_args: bool | None = None,
     ) -> None:
-        ops.check_estimator(estimator, rao_samples)
+        self.rao_samples = ops.check_estimator(estimator, rao_samples)
         self.estimator = estimator
-        self.rao_samples = int(rao_samples)
         super().__init__(temperature, probs=probs, logits=logits, validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):

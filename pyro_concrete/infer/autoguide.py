@@ -27,9 +27,10 @@ from torch.distributions import constraints as torch_constraints
 from torch.distributions.constraints import Constraint
 
 from .. import constraints, ops
+from .._checks import check_nonnegative_float, check_positive_float
 from ..distributions import BinaryConcreteStraightThrough, ConcreteStraightThrough
 from . import _sites
-from .schedules import TemperatureSchedule, _positive
+from .schedules import TemperatureSchedule
 
 __all__ = ["AutoConcrete", "auto_concrete_guide", "is_concrete_site"]
 
@@ -267,21 +268,20 @@ class AutoConcrete(AutoGuide):
         init_scale: float = 0.0,
         create_plates: Callable | None = None,
     ) -> None:
-        ops.check_estimator(estimator, rao_samples)
+        rao_samples = ops.check_estimator(estimator, rao_samples)
         if isinstance(temperature, TemperatureSchedule):
             if learn_temperature:
                 raise ValueError("temperature must be a float when learn_temperature=True, got a schedule")
         else:
-            _positive("temperature", temperature)  # a float, or a TemperatureSchedule above
+            check_positive_float("temperature", temperature)  # a float, or a TemperatureSchedule above
         if init not in ("prior", "uniform"):
             raise ValueError(f"init must be 'prior' or 'uniform', got {init!r}")
-        if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale >= 0:
-            raise ValueError(f"init_scale must be a float >= 0, got {init_scale!r}")
+        init_scale = check_nonnegative_float("init_scale", init_scale)
         super().__init__(model, create_plates=create_plates)
         self.estimator = estimator
-        self.rao_samples = int(rao_samples)
+        self.rao_samples = rao_samples
         self._init = init
-        self._init_scale = float(init_scale)
+        self._init_scale = init_scale
         self._learn_temperature = bool(learn_temperature)
         self._warned_prior = False
         # With learn_temperature=True, the initial value until the first call creates the

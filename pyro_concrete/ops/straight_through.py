@@ -35,13 +35,13 @@ require grad), only the hard sample is drawn.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_int
 from ..parameters import compute_dtype, concrete_parameters
 from .binary import certain_outcomes, logit_sample
 from .concrete import _floored_exp, log_sample, shifted_logits, structural_zeros
@@ -61,12 +61,12 @@ __all__ = [
 ESTIMATORS = ("st", "gumbel_rao", "reinmax")
 
 
-def check_estimator(estimator: str, rao_samples: int) -> None:
-    """Raises ``ValueError`` naming the argument if ``estimator`` or ``rao_samples`` is invalid."""
+def check_estimator(estimator: str, rao_samples: int) -> int:
+    """Checks ``estimator`` (``ValueError`` naming it) and ``rao_samples`` (``TypeError`` for a
+    non-integer, ``ValueError`` below 1); returns ``rao_samples`` as an ``int``."""
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(map(repr, ESTIMATORS))}, got {estimator!r}")
-    if isinstance(rao_samples, bool) or not isinstance(rao_samples, numbers.Integral) or rao_samples < 1:
-        raise ValueError(f"rao_samples must be an integer >= 1, got {rao_samples!r}")
+    return check_int("rao_samples", rao_samples, minimum=1)
 
 
 # -- shared plumbing ------------------------------------------------------------------
