@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from reference import softmax
-from scipy import integrate, stats
+from scipy import stats
 
 from pyro_concrete import Concrete, ExpConcrete, ops
 
@@ -122,14 +122,20 @@ def test_pathwise_gradient_matches_derivative_of_exact_expectation():
     logits = torch.tensor([0.4, -0.3], dtype=torch.float64)
     temperature, n, h = 0.8, 40_000, 1e-4
 
-    def expected_x1(theta0, tau):
-        # density of x_1 on (0, 1) with x_2 = 1 - x_1 (DESIGN.md, binary form)
-        def integrand(x1):
-            lg = torch.tensor([theta0, logits[1].item()], dtype=torch.float64)
-            x = torch.tensor([x1, 1 - x1], dtype=torch.float64)
-            return x1 * Concrete(tau, logits=lg).log_prob(x).exp().item()
+    # E[x_1] = ∫ x_1 p(x) dx_1 in the log-ratio coordinate u = log(x_1 / x_2), where
+    # dx_1 = x_1 x_2 du: a smooth integrand on R with tails exp(-τ|u|), on which the
+    # trapezoid rule converges geometrically (at steps 0.2 and 0.05 it agrees with adaptive
+    # quadrature to 3e-15; beyond |u| = 80 lies exp(-64) of the mass), so the difference
+    # quotients below are good to ~1e-10, far inside the Monte Carlo error (~1e-3). One
+    # batched log_prob call per value.
+    step = 0.05
+    u = torch.arange(-80, 80 + step / 2, step, dtype=torch.float64)
+    log_x = torch.log_softmax(torch.stack([u, torch.zeros_like(u)], -1), -1)
 
-        return integrate.quad(integrand, 0, 1, epsabs=1e-12, epsrel=1e-12, limit=200)[0]
+    def expected_x1(theta0, tau):
+        lg = torch.tensor([theta0, logits[1].item()], dtype=torch.float64)
+        density_of_u = (Concrete(tau, logits=lg).log_prob(log_x.exp()) + log_x.sum(-1)).exp()
+        return (log_x[:, 0].exp() * density_of_u).sum().item() * step
 
     exact_d_theta = (
         expected_x1(logits[0].item() + h, temperature) - expected_x1(logits[0].item() - h, temperature)

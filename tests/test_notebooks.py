@@ -53,11 +53,16 @@ def test_notebook_is_committed_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip the outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_executes(path, kernel_name, tmp_path):
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
-        nb, kernel_name=kernel_name, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+        nb,
+        kernel_name=kernel_name,
+        timeout=300,
+        resources={"metadata": {"path": str(tmp_path)}},
+        shutdown_kernel="immediate",  # the outputs are in: kill the kernel, no shutdown handshake (~1 s)
     )
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]

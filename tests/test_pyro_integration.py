@@ -122,6 +122,7 @@ def _training_model(model, elbo_name):
     return differentiable_one_hot(model) if elbo_name == "Trace_ELBO" else model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elbo_name", ELBOS)
 @pytest.mark.parametrize("estimator", ["st", "gumbel_rao", "reinmax"])
 def test_mixture_straight_through_guide(estimator, elbo_name):
@@ -134,6 +135,7 @@ def test_mixture_straight_through_guide(estimator, elbo_name):
     assert abs(final_elbo(mixture_model, guide, data) - log_evidence) < 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elbo_name", ELBOS)
 def test_mixture_autoconcrete(elbo_name):
     data = mixture_data()
@@ -146,6 +148,7 @@ def test_mixture_autoconcrete(elbo_name):
     assert abs(final_elbo(mixture_model, guide, data) - log_evidence) < 1.0
 
 
+@pytest.mark.slow
 def test_trace_elbo_without_rescoring_ignores_the_prior():
     """Why differentiable_one_hot exists: torch's OneHotCategorical.log_prob has no gradient in
     its value, so under Trace_ELBO the (unbiased, at temperature 1) ReinMax guide converges to
@@ -216,6 +219,7 @@ def regression_guide(estimator):
     return guide
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elbo_name", ELBOS)
 @pytest.mark.parametrize("estimator", ["st", "gumbel_rao", "reinmax"])
 def test_regression_straight_through_guide(estimator, elbo_name):
@@ -235,6 +239,7 @@ def regression_model_to_event(y):
     pyro.sample("y", dist.Normal(mean, NOISE).to_event(1), obs=y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elbo_name", ELBOS)
 @pytest.mark.parametrize("model", [regression_model, regression_model_to_event])
 def test_regression_autoconcrete(model, elbo_name):
@@ -354,6 +359,7 @@ def relaxed_mixture_guide(data):
         pyro.sample("z", pc.ExpConcrete(0.5, logits=logits))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("elbo_name", ELBOS)
 def test_relaxed_model_trains(elbo_name):
     """ExpConcrete prior and guide (equal temperatures: TraceMeanField_ELBO uses the exact KL).
