@@ -79,6 +79,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, OneHotCategorical, register_kl
 
+from . import _sites, ops
 from .distributions import (
     BinaryConcrete,
     BinaryConcreteStraightThrough,
@@ -87,7 +88,6 @@ from .distributions import (
     ExpConcrete,
     LogitBinaryConcrete,
 )
-from .infer import _sites
 
 __all__ = ["binary_relaxed_kl", "categorical_relaxed_kl"]
 
@@ -110,7 +110,7 @@ def _kl_terms(log_p: Tensor, zero_p: Tensor, log_q: Tensor, zero_q: Tensor) -> t
     """``p (log p - log q)`` per outcome with ``0 log 0 = 0``, and where it is ``+inf``.
 
     The log-probabilities hold a finite placeholder at structural zeros (see
-    :func:`~pyro_concrete.infer._sites.categorical_log_probs`), so every product below is
+    :func:`~pyro_concrete._sites.categorical_log_probs`), so every product below is
     finite and so is every derivative; an outcome that ``p`` allows and ``q`` rules out is
     reported in the second result instead of being computed.
     """
@@ -149,7 +149,7 @@ def _check_same_temperature(p, q) -> None:
     if tp.requires_grad or tq.requires_grad:
         # Equal now, but the KL's derivative in a learned temperature is not zero in general.
         raise NotImplementedError("KL between relaxed distributions with a learned temperature")
-    if not torch.equal(*torch.broadcast_tensors(tp, tq)):
+    if not torch._is_all_true(tp == tq):
         raise NotImplementedError("KL between relaxed distributions of different temperatures")
 
 
@@ -175,10 +175,12 @@ def binary_relaxed_kl(logits_q: Tensor, logits_p: Tensor) -> Tensor:
     logits_q, logits_p = torch.broadcast_tensors(logits_q, logits_p)
     dtype = torch.promote_types(logits_q.dtype, logits_p.dtype)
     work = _work_dtype(dtype)
+    # Certain outcomes (infinite logits, or beyond half the dtype's largest float) are point
+    # masses, as in the binary kernels.
+    point_q, point_p = ops.certain_outcomes(logits_q), ops.certain_outcomes(logits_p)
     logits_q, logits_p = logits_q.to(work), logits_p.to(work)
-    point_q, point_p = logits_q.isinf(), logits_p.isinf()
     point = point_q | point_p
-    equal_points = point_q & point_p & (logits_q == logits_p)
+    equal_points = point_q & point_p & ((logits_q > 0) == (logits_p > 0))
     # Placeholders (0) at point masses keep the arithmetic, and so every derivative, finite.
     d = torch.where(point, 0.0, logits_q) - torch.where(point, 0.0, logits_p)
     infinite = (point & ~equal_points) | d.isinf()  # d.isinf(): the difference overflowed
@@ -237,8 +239,8 @@ def categorical_relaxed_kl(logits_q: Tensor, logits_p: Tensor) -> Tensor:
     """
     logits_q, logits_p = torch.broadcast_tensors(logits_q, logits_p)
     dtype = torch.promote_types(logits_q.dtype, logits_p.dtype)
-    zero_q, zero_p = _sites.structural_zeros(logits_q), _sites.structural_zeros(logits_p)
-    if logits_q.device.type != "meta" and bool((zero_q.all(-1) | zero_p.all(-1)).any()):
+    zero_q, zero_p = ops.structural_zeros(logits_q), ops.structural_zeros(logits_p)
+    if logits_q.device.type != "meta" and torch._is_any_true(zero_q.all(-1) | zero_p.all(-1)):
         raise ValueError("categorical_relaxed_kl: a row of logits has every category masked")
     same = (zero_q == zero_p).all(-1, keepdim=True)
     # Categories in the sum: the unmasked ones of a row with equal masks; every one of a row

@@ -119,17 +119,19 @@ def _check_logits(logits: Tensor, event_dim: int) -> None:
         return
     # One reduction decides the common case (all finite); the elementwise tests only run
     # when the sum is not finite (a NaN, an infinity, or finite logits whose sum overflows).
-    if torch.isfinite(logits.sum()):
+    # torch._is_all_true / _is_any_true, as torch's own validation uses, also answer inside
+    # torch.func transforms (vmap), where a Python bool of a tensor would raise.
+    if torch._is_all_true(torch.isfinite(logits.sum())):
         return
-    if torch.isnan(logits).any():
+    if torch._is_any_true(torch.isnan(logits)):
         raise _invalid("logits", logits, "free of NaN")
     if event_dim == 0:
         return
-    if (logits == torch.inf).any():
+    if torch._is_any_true(logits == torch.inf):
         raise _invalid(
             "logits", logits, "below +inf (-inf masks a category; +inf has no categorical meaning)"
         )
-    if (logits == -torch.inf).all(-1).any():
+    if torch._is_any_true((logits == -torch.inf).all(-1)):
         raise _invalid(
             "logits", logits, "finite in at least one category of every row (every category is masked)"
         )

@@ -10,6 +10,7 @@ floating dtype, torch's argument order and the kernels' one temperature conventi
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -461,12 +462,22 @@ def test_one_instance_at_several_sites_gives_the_same_gradient():
 
 @pytest.mark.parametrize("case", RELAXED, ids=_ids(RELAXED))
 def test_results_do_not_depend_on_earlier_samples(case):
-    d = case.make(0.4, case.logits())
+    """The very tensor a distribution sampled, scored while it is the remembered sample and
+    again after another rsample (no longer remembered), and a copy: the same value and the
+    same gradients (at τ = 0.7 nothing underflows, so the exact pre-image gains nothing)."""
+    logits = case.logits(requires_grad=True)
+    d = case.make(0.7, logits)
     first = d.rsample()
+    results = []
+    for score in (lambda: d.log_prob(first), lambda: (d.rsample(), d.log_prob(first))[1]):
+        lp = score()
+        results.append((lp, torch.autograd.grad(lp.sum() + first.sum(), logits, retain_graph=True)[0]))
     copy = first.detach().clone()
-    expected = d.log_prob(copy)
-    d.rsample()  # another sample in between
-    torch.testing.assert_close(d.log_prob(first.detach().clone()), expected)
+    results.append((d.log_prob(copy), None))
+    for (lp, grad), (lp_other, grad_other) in itertools.pairwise(results):
+        torch.testing.assert_close(lp, lp_other)
+        if grad is not None and grad_other is not None:
+            torch.testing.assert_close(grad, grad_other)
 
 
 # -- masks ------------------------------------------------------------------------------------
@@ -669,3 +680,64 @@ def test_laplace_approximation_sees_the_curvature_of_a_concrete_site():
     torch_ = hessian(lambda: pyro_dist.RelaxedOneHotCategorical(torch.tensor(0.7, dtype=F64), logits=logits))
     assert ours.abs().max() > 0.1
     torch.testing.assert_close(ours, torch_)
+
+
+@pytest.mark.parametrize("offset", [1e6, 1e10, 1e12])  # float64: base + offset exact
+def test_a_large_common_offset_of_the_logits_changes_nothing(offset):
+    """Shift invariance in floating point: θ + G must not be formed at θ's magnitude, nor
+    log-probabilities as ``θ - logsumexp θ`` (the review found both)."""
+    base = torch.tensor([0.0, 0.0, -1.0], dtype=F64)
+    shifted = base + offset
+    for cls in (pc.Concrete, pc.ConcreteStraightThrough):
+        torch.manual_seed(8)
+        x = cls(0.5, logits=base).sample((2000,))
+        torch.manual_seed(8)
+        y = cls(0.5, logits=shifted).sample((2000,))
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-9)  # same noise, same samples
+    st, st_shifted = (
+        pc.ConcreteStraightThrough(0.5, logits=base),
+        pc.ConcreteStraightThrough(0.5, logits=shifted),
+    )
+    z = st.enumerate_support()
+    torch.testing.assert_close(st_shifted.log_prob(z), st.log_prob(z))
+    torch.testing.assert_close(st_shifted.entropy(), st.entropy())
+    e, e_shifted = pc.ExpConcrete(0.5, logits=base), pc.ExpConcrete(0.5, logits=shifted)
+    value = e.sample((10,))
+    torch.testing.assert_close(e_shifted.log_prob(value), e.log_prob(value))
+
+
+@pytest.mark.parametrize("case", RELAXED[:2] + ST[:1], ids=_ids(RELAXED[:2] + ST[:1]))
+def test_the_fast_paths_give_the_general_paths_results(case, monkeypatch):
+    """Where Python may not read values (trace, compile, torch.func), the general path runs:
+    it must give the same numbers as the fast paths, masked and huge logits included."""
+    import pyro_concrete.ops.concrete as kernels
+
+    logits = torch.tensor(
+        [[0.3, -INF, -0.4, 1.0], [0.2, 0.5, torch.finfo(F64).min, -1.0], [1e8, 1e8, 1e8 - 1, 0]]
+    )
+    logits = logits.to(F64).requires_grad_()
+
+    def run():
+        torch.manual_seed(9)
+        d = case.make(torch.tensor(0.4, dtype=F64), logits)
+        x = d.rsample((50,))
+        lp = d.log_prob(x) + d.log_prob(x.detach().clone())
+        (grad,) = torch.autograd.grad(lp.sum() + x.sum(), logits)
+        return x, lp, grad
+
+    fast = run()
+    monkeypatch.setattr(kernels, "_may_branch_on_values", lambda t: False)
+    general = run()
+    for a, b in zip(fast, general, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_vmap_with_validation_on(case):
+    """torch's own distributions validate inside vmap; so must ours (no Python bool of a tensor)."""
+    logits = case.logits()
+    value = case.value(case.make(0.6, logits))
+    batched = torch.func.vmap(lambda lg: case.make(0.6, lg, validate_args=True).log_prob(value))(
+        logits.expand(4, *logits.shape)
+    )
+    torch.testing.assert_close(batched, case.make(0.6, logits).log_prob(value).expand(4, 3))

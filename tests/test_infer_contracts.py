@@ -27,9 +27,9 @@ from scipy.special import log_softmax
 from torch.distributions import kl_divergence
 
 import pyro_concrete as pc
+from pyro_concrete import _sites
 from pyro_concrete.infer import (
     AutoConcrete,
-    _sites,
     auto_concrete_guide,
     check_guide,
     differentiable_one_hot,

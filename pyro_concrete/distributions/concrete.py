@@ -8,10 +8,8 @@ from torch.distributions import constraints as torch_constraints
 
 from .. import constraints
 from ..ops.concrete import (
-    _floored_exp as floored_exp,
-)
-from ..ops.concrete import (
     exp_concrete_log_density_along_path,
+    floored_exp,
     log_density,
     log_of_simplex_point,
     log_sample,
@@ -56,9 +54,14 @@ class _ConcreteFamily(TemperedDistribution):
         noise = draw_softmax_noise(shape, logits.dtype, logits.device)
         return log_sample(logits, temperature.unsqueeze(-1), noise, masked, self.logits.dtype), masked
 
-    def _log_density(self, log_value: Tensor, jacobian: bool) -> Tensor:
-        logits, temperature, masked = self._compute()
-        log_value = log_value.to(logits.dtype)
+    def _log_density(
+        self, log_value: Tensor, jacobian: bool, computed: tuple[Tensor, Tensor, Tensor | None] | None = None
+    ) -> Tensor:
+        """The density at a general log-space value (the dtypes promoted, as the kernels do);
+        ``computed``: :meth:`_compute`'s result, when the caller has it."""
+        logits, temperature, masked = self._compute() if computed is None else computed
+        dtype = torch.promote_types(logits.dtype, log_value.dtype)
+        log_value, logits, temperature = log_value.to(dtype), logits.to(dtype), temperature.to(dtype)
         return log_density(
             log_value, logits, temperature, mask_for_value(masked, log_value), jacobian=jacobian
         )
@@ -162,6 +165,10 @@ class Concrete(OwnSampleMemory, _ConcreteFamily):
     finite, and exact wherever ``x`` is above ``tiny``. To score values whose components
     underflow accurately, keep them in log space with :class:`ExpConcrete`.
 
+    Half-precision samples are computed in float32 (floored at float32's ``tiny``) and then
+    rounded: components below float16's or bfloat16's range become subnormal or ``0`` there;
+    the own sample is still scored from its float32 pre-image.
+
     The density is with respect to Lebesgue measure on the first ``K - 1`` coordinates.
     Masked categories (``-inf`` logits, zero probs) are exactly ``0`` in every sample; the
     density is that of the Concrete over the other categories (see :class:`ExpConcrete`).
@@ -186,20 +193,22 @@ class Concrete(OwnSampleMemory, _ConcreteFamily):
         log_value, masked = self._log_sample(sample_shape)
         return self._remember(floored_exp(log_value, masked).to(self.logits.dtype), log_value)
 
-    def _log_of(self, value: Tensor) -> Tensor:
-        return log_of_simplex_point(value, shifted_logits(self.logits)[1])
-
     def log_prob(self, value: Tensor) -> Tensor:
         """The log-density at ``value`` (float32 for half-precision parameters)."""
-        own = self._recall_pre_image(value, self._log_of)  # y of the own sample
+        computed = self._compute()
+        logits, temperature, masked = computed
+
+        def log_of(x: Tensor) -> Tensor:
+            return log_of_simplex_point(x, masked)
+
+        own = self._recall_pre_image(value, log_of)  # y of the own sample
         if own is None:
             if self._validate_args:
                 self._validate_sample(value)
-            return self._log_density(self._log_of(value), jacobian=True)
+            return self._log_density(log_of(value), True, computed)
         log_value, on_path = own
         if not on_path:
-            return self._log_density(log_value, jacobian=True)
-        logits, temperature, masked = self._compute()
+            return self._log_density(log_value, True, computed)
         density = exp_concrete_log_density_along_path(log_value, logits, temperature, masked)
         kept = log_value if masked is None else log_value.masked_fill(masked, 0.0)
         return density - kept.sum(-1)

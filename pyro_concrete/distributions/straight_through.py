@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
 from .. import constraints, ops
-from ..parameters import Number
+from ..parameters import Number, compute_dtype
 from ._base import TemperedDistribution
 
 __all__ = ["BinaryConcreteStraightThrough", "ConcreteStraightThrough"]
@@ -27,15 +27,15 @@ def _weighted_log_probs(value: Tensor, log_p: Tensor, ruled_out: Tensor) -> Tens
 
     Its value is exact, ruled-out outcomes (masked categories, the impossible outcome of a
     certain binary variable) contributing 0 (never ``0 · inf``). Its derivative with respect
-    to ``value`` is ``log_p`` (the straight-through signal of a model term), except where the
-    outcome is ruled out or its probability underflows to 0 in the dtype: there it is 0, the
-    value a soft sample's Jacobian would multiply it by anyway, so that a huge ``|log_p|``
-    (a ``finfo.min`` logit is ``-3.4e38``) cannot overflow a product into ``inf`` or NaN.
-    Derivatives with respect to ``log_p`` are exact to every order.
+    to ``value`` is ``log_p`` (the straight-through signal of a model term), except at
+    ruled-out outcomes and where ``|log_p|`` exceeds ``sqrt`` of the dtype's largest float
+    (``1.8e19`` in float32; logits that far apart): there it is 0, so that a product of it with
+    a gradient cannot overflow into ``inf`` and then NaN. Derivatives with respect to ``log_p``
+    are exact to every order.
     """
     forward = value.detach() * torch.where(ruled_out, 0.0, log_p)
-    negligible = ruled_out | (log_p < math.log(torch.finfo(log_p.dtype).tiny * torch.finfo(log_p.dtype).eps))
-    return forward + (value - value.detach()) * torch.where(negligible, 0.0, log_p)
+    beyond = log_p.detach().abs() > math.sqrt(torch.finfo(log_p.dtype).max)
+    return forward + (value - value.detach()) * torch.where(ruled_out | beyond, 0.0, log_p)
 
 
 class _StraightThroughFamily(TemperedDistribution):
@@ -155,12 +155,14 @@ class ConcreteStraightThrough(_StraightThroughFamily):
 
     @property
     def log_probs(self) -> Tensor:
-        """``log softmax(logits)``, normalised as ``torch.distributions.Categorical`` does.
+        """``log_softmax(logits)``, in the dtype the kernels compute in (float32 for half
+        precision): exact under a large common offset of the logits, where
+        ``logits - logsumexp(logits)`` loses the difference to rounding.
 
         Recomputed on each access (batch-sized, cheap), so that every ``log_prob`` call has
         its own autograd graph.
         """
-        return self.logits - self.logits.logsumexp(dim=-1, keepdim=True)
+        return torch.log_softmax(self.logits.to(compute_dtype(self.logits.dtype)), -1)
 
     @property
     def mean(self) -> Tensor:
@@ -190,8 +192,10 @@ class ConcreteStraightThrough(_StraightThroughFamily):
         Computed as ``sum_k value_k log p_k``: exact for one-hot values (a single nonzero
         term), and for other values (only without validation) the cross-entropy. Linear in
         ``value``, so its derivative with respect to the value is ``log p`` (the
-        straight-through signal of a model term), 0 at masked categories; a value that puts
-        weight on a masked category has log-probability ``-inf``.
+        straight-through signal of a model term), 0 at masked categories (and where
+        ``|log p|`` is beyond ``sqrt`` of the dtype's largest float); a value that puts weight
+        on a masked category has log-probability ``-inf``. float32 for half-precision
+        parameters.
         """
         if self._validate_args:
             self._validate_sample(value)
@@ -246,11 +250,11 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
 
     @property
     def _log_p1(self) -> Tensor:
-        return F.logsigmoid(self.logits)  # -softplus(-θ), exact for any θ
+        return F.logsigmoid(self.logits.to(compute_dtype(self.logits.dtype)))  # exact for any θ
 
     @property
     def _log_p0(self) -> Tensor:
-        return F.logsigmoid(-self.logits)
+        return F.logsigmoid(-self.logits.to(compute_dtype(self.logits.dtype)))
 
     @property
     def mean(self) -> Tensor:

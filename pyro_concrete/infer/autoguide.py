@@ -26,10 +26,9 @@ from torch.distributions import Bernoulli, Categorical, OneHotCategorical
 from torch.distributions import constraints as torch_constraints
 from torch.distributions.constraints import Constraint
 
-from .. import constraints, ops
+from .. import _sites, constraints, ops
 from .._checks import check_nonnegative_float, check_positive_float
 from ..distributions import BinaryConcreteStraightThrough, ConcreteStraightThrough
-from . import _sites
 from .schedules import TemperatureSchedule
 
 __all__ = ["AutoConcrete", "auto_concrete_guide", "is_concrete_site"]

@@ -9,7 +9,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution
 
-from . import _sites
+from .. import _sites
 
 __all__ = ["check_guide"]
 

@@ -33,8 +33,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import Distribution, OneHotCategorical
 
+from .. import _sites
 from ..distributions import ConcreteStraightThrough
-from . import _sites
 
 __all__ = ["DifferentiableOneHotMessenger", "differentiable_one_hot"]
 

@@ -56,13 +56,15 @@ def _masking_gap(dtype: torch.dtype) -> float:
 def _may_branch_on_values(t: Tensor) -> bool:
     """Whether Python may read ``t``'s values to pick a code path.
 
-    Not while ``torch.jit.trace`` records (the trace would keep one path for every later
-    input), while ``torch.compile`` traces (a graph break), inside a ``torch.func`` transform
-    (``vmap`` has no single value to read), or on the ``meta`` device (no values at all). Where
-    it may not, the general path runs: the same results, a little slower.
+    Only on the CPU, where the fast paths were measured to pay (on an accelerator reading a
+    value is a host synchronisation, and the masking passes are cheap), and not while
+    ``torch.jit.trace`` records (the trace would keep one path for every later input), while
+    ``torch.compile`` traces (a graph break), or inside a ``torch.func`` transform (``vmap`` has
+    no single value to read). Where it may not, the general path runs: the same results up to
+    rounding, a little slower.
     """
-    return not (
-        torch.jit.is_tracing() or _is_compiling() or _inside_function_transform() or t.device.type == "meta"
+    return t.device.type == "cpu" and not (
+        torch.jit.is_tracing() or _is_compiling() or _inside_function_transform()
     )
 
 
@@ -89,13 +91,21 @@ def shifted_logits(logits: Tensor) -> tuple[Tensor, Tensor | None]:
 
     The mask is ``None`` when no category is masked (found by one reduction where
     :func:`_may_branch_on_values` allows reading it): the kernels then skip every masking pass.
+    The shift itself always happens: ``θ + G`` at the logits' own magnitude would lose the
+    noise to rounding (logits ``1e8 + [0, 0, -1]``).
     """
     theta = logits - logits.detach().amax(-1, keepdim=True)
     gap = _masking_gap(logits.dtype)
     if _may_branch_on_values(theta) and (theta.numel() == 0 or theta.detach().amin() >= -gap):
         return theta, None
-    masked = theta.detach() < -gap
+    masked = _beyond_gap(theta.detach(), logits.dtype)
     return theta.masked_fill(masked, -1.5 * gap), masked
+
+
+def _beyond_gap(shifted: Tensor, dtype: torch.dtype) -> Tensor:
+    """Masked entries of row-shifted logits: more than the gap below the row's maximum, or
+    NaN (``-inf - -inf``: a row of ``-inf`` only, every category masked)."""
+    return ~(shifted >= -_masking_gap(dtype))
 
 
 def mask_for_value(masked: Tensor | None, value: Tensor) -> Tensor | None:
@@ -115,7 +125,8 @@ def structural_zeros(logits: Tensor) -> Tensor:
     the largest logit of its row (the ``masked_fill(mask, finfo.min)`` idiom).
 
     Such a category has probability ``exp(-finfo.max / 2)``, zero in every dtype; treating it
-    as an exact zero keeps ``(θ + G) / τ`` and the densities free of overflow.
+    as an exact zero keeps ``(θ + G) / τ`` and the densities free of overflow. In a row whose
+    logits are all ``-inf`` every category is masked (such a row has no distribution).
 
     Args:
         logits (Tensor): ``(..., K)``.
@@ -129,7 +140,7 @@ def structural_zeros(logits: Tensor) -> Tensor:
         tensor([False,  True,  True])
     """
     detached = logits.detach()
-    return detached - detached.amax(-1, keepdim=True) < -_masking_gap(logits.dtype)
+    return _beyond_gap(detached - detached.amax(-1, keepdim=True), logits.dtype)
 
 
 def log_floor(dtype: torch.dtype) -> float:
@@ -137,15 +148,26 @@ def log_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny)
 
 
-def floored_exp(y: Tensor) -> Tensor:
+_FIND = object()  # floored_exp's default: find the -inf entries of y
+
+
+def floored_exp(y: Tensor, masked: Tensor | object | None = _FIND) -> Tensor:
     """``exp(max(y, log tiny))``: ``exp(y)`` with underflow replaced by the smallest normal.
 
     A component below the smallest normal float ``tiny`` would otherwise come out as a
     subnormal or ``0.0``; the difference is below ``tiny`` in absolute value, while torch's
     CPU ``exp`` is 50-180x slower on inputs that underflow (measured). ``-inf`` (a masked
     category) stays exactly ``0``. The derivative is 0 below the floor.
+
+    Args:
+        y (Tensor): log-space values.
+        masked (Tensor or None, optional): where ``y`` is ``-inf``, when the caller knows it
+            (None: nowhere), which spares the search.
     """
-    return _floored_exp(y, y == -torch.inf)
+    x = _clamp_min(y, log_floor(y.dtype)).exp()
+    if masked is None:
+        return x
+    return x.masked_fill(y == -torch.inf if not isinstance(masked, Tensor) else masked, 0.0)
 
 
 def _clamp_min(t: Tensor, floor: float) -> Tensor:
@@ -174,12 +196,6 @@ def _log_softmax(z: Tensor, *, row_max_is_zero: bool = False) -> Tensor:
     if not row_max_is_zero:
         z = z - z.detach().amax(-1, keepdim=True)
     return z - _clamp_min(z, log_floor(z.dtype)).exp().sum(-1, keepdim=True).log()
-
-
-def _floored_exp(y: Tensor, masked: Tensor | None) -> Tensor:
-    """:func:`floored_exp` for a sample whose ``-inf`` entries are exactly ``masked`` (None: none)."""
-    x = _clamp_min(y, log_floor(y.dtype)).exp()
-    return x if masked is None else x.masked_fill(masked, 0.0)
 
 
 def log_sample(
@@ -242,7 +258,7 @@ def gumbel_softmax_log_sample(
     tau = kernel_temperature(temperature, logits, 1).to(dtype).unsqueeze(-1)
     theta, masked = shifted_logits(logits)
     y = log_sample(theta.to(dtype), tau, gumbel.to(dtype), masked, out_dtype)
-    return y.to(out_dtype), _floored_exp(y, masked).to(out_dtype)
+    return y.to(out_dtype), floored_exp(y, masked).to(out_dtype)
 
 
 def log_density(

@@ -44,7 +44,7 @@ from torch import Tensor
 from .._checks import check_int
 from ..parameters import compute_dtype, concrete_parameters
 from .binary import certain_outcomes, logit_sample
-from .concrete import _floored_exp, log_sample, shifted_logits, structural_zeros
+from .concrete import floored_exp, log_sample, shifted_logits, structural_zeros
 from .noise import draw_gumbel, draw_logistic, draw_softmax_noise
 
 __all__ = [
@@ -228,13 +228,13 @@ def sample_one_hot(
         # Only differences of the noise within a row matter to the soft sample and its argmax.
         y = log_sample(theta, tau, draw_softmax_noise(shape, dtype, theta.device), masked, out_dtype)
         hard = _one_hot(y.argmax(-1, keepdim=True), num_categories, out_dtype)
-        return _straight_through(hard, _floored_exp(y, masked))
+        return _straight_through(hard, floored_exp(y, masked))
     # The first draw decides D and is itself a draw of the noise given D; the others are
     # drawn given D.
     gumbel = draw_gumbel(torch.Size([draws]) + shape, dtype, theta.device)
     index = (theta + gumbel[0]).argmax(-1, keepdim=True)
     noise = torch.cat([gumbel[:1], conditional_gumbel(theta, index, gumbel[1:])])
-    soft = _floored_exp(log_sample(theta, tau, noise, masked, out_dtype), masked).mean(0)
+    soft = floored_exp(log_sample(theta, tau, noise, masked, out_dtype), masked).mean(0)
     return _straight_through(_one_hot(index, num_categories, out_dtype), soft)
 
 

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 from torch.distributions.utils import probs_to_logits
 
-from .. import ops
+from . import ops
 
 if TYPE_CHECKING:
     from pyro.poutine.runtime import Message
@@ -101,15 +101,6 @@ def map_base(fn: Distribution, change: Callable[[Distribution], Distribution]) -
 # -- structural zeros -------------------------------------------------------------------------------
 
 
-def structural_zeros(logits: Tensor) -> Tensor:
-    """Masked categories of ``(..., K)`` logits: ``-inf``, or more than ``finfo.max / 2`` below
-    the row's largest logit (a ``finfo.min`` mask), as :func:`pyro_concrete.ops.structural_zeros`
-    decides; also every category of a row that is entirely ``-inf`` (whose gaps to the row's
-    maximum are NaN, which that rule does not count as masked)."""
-    detached = logits.detach()
-    return ops.structural_zeros(detached) | (detached == -torch.inf)
-
-
 def logits_of(d: Distribution) -> Tensor:
     """The ``logits`` of a categorical- or Bernoulli-type distribution.
 
@@ -160,11 +151,11 @@ def categorical_log_probs(d: Distribution) -> tuple[Tensor, Tensor]:
         zeros = probs == 0  # (torch normalises given probs)
         return torch.log(torch.where(zeros, torch.ones_like(probs), probs)), zeros
     logits = logits_of(d)
-    zeros = structural_zeros(logits)
-    safe = torch.where(zeros, torch.zeros_like(logits), logits)
-    # normalise over the unmasked categories only (a finfo.min logit must not meet exp)
-    shift = torch.where(zeros, torch.full_like(logits, -torch.inf), safe).logsumexp(-1, keepdim=True)
-    return torch.where(zeros, torch.zeros_like(logits), safe - shift), zeros
+    zeros = ops.structural_zeros(logits)
+    # normalise over the unmasked categories only (a finfo.min logit must not meet exp);
+    # log_softmax keeps full precision under a large common offset, logits - logsumexp does not
+    log_probs = torch.log_softmax(logits.masked_fill(zeros, -torch.inf), -1)
+    return log_probs.masked_fill(zeros, 0.0), zeros
 
 
 def bernoulli_log_probs(d: Distribution) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -181,8 +172,8 @@ def bernoulli_log_probs(d: Distribution) -> tuple[Tensor, Tensor, Tensor, Tensor
         log_p0 = torch.log1p(-torch.where(zero0, torch.zeros_like(probs), probs))
         return log_p1, log_p0, zero1, zero0
     logits = logits_of(d)
-    zero1, zero0 = logits == -torch.inf, logits == torch.inf
-    certain = zero1 | zero0  # log-probabilities 0 (exact) and -inf (placeholder 0)
+    certain = ops.certain_outcomes(logits)  # log-probabilities 0 (exact) and -inf (placeholder 0)
+    zero1, zero0 = certain & (logits < 0), certain & (logits > 0)
     safe = torch.where(certain, torch.zeros_like(logits), logits)
     log_p1 = torch.where(certain, torch.zeros_like(logits), F.logsigmoid(safe))
     log_p0 = torch.where(certain, torch.zeros_like(logits), F.logsigmoid(-safe))
