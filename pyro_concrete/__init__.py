@@ -16,7 +16,7 @@ from .distributions import (
     LogitBinaryConcrete,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "BinaryConcrete",
