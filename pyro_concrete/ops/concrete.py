@@ -64,13 +64,8 @@ def _may_branch_on_values(t: Tensor) -> bool:
     rounding, a little slower.
     """
     return t.device.type == "cpu" and not (
-        torch.jit.is_tracing() or _is_compiling() or _inside_function_transform()
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or _inside_function_transform()
     )
-
-
-def _is_compiling() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling() if is_compiling is not None else torch._dynamo.is_compiling())
 
 
 def _inside_function_transform() -> bool:
