@@ -9,7 +9,13 @@ from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
 from .. import constraints
-from ..ops.binary import certain_outcomes, logit_density, logit_of_unit_point, logit_sample
+from ..ops.binary import (
+    binary_concrete_log_density_at_logit,
+    certain_outcomes,
+    logit_binary_concrete_log_density,
+    logit_of_unit_point,
+    logit_sample,
+)
 from ..ops.noise import draw_logistic
 from ..parameters import compute_dtype
 from ._base import TemperedDistribution
@@ -42,9 +48,9 @@ class _BinaryConcreteFamily(TemperedDistribution):
         return logit_sample(logits, temperature, noise, self.logits.dtype, certain_outcomes(self.logits))
 
     def _logit_density(self, logit_value: Tensor, jacobian: bool) -> Tensor:
-        logits, temperature = self._compute()
-        certain = certain_outcomes(self.logits)
-        return logit_density(logit_value.to(logits.dtype), logits, temperature, certain, jacobian=jacobian)
+        """The kernels' density (dtypes promoted, halves in float32) at a logit-space value."""
+        kernel = binary_concrete_log_density_at_logit if jacobian else logit_binary_concrete_log_density
+        return kernel(logit_value, self.logits, self.temperature)
 
 
 class LogitBinaryConcrete(_BinaryConcreteFamily):

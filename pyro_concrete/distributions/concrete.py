@@ -10,10 +10,9 @@ from .. import constraints
 from ..ops.concrete import (
     exp_concrete_log_density_along_path,
     floored_exp,
-    log_density,
+    log_density_of_value,
     log_of_simplex_point,
     log_sample,
-    mask_for_value,
     shifted_logits,
 )
 from ..ops.noise import draw_softmax_noise
@@ -57,14 +56,10 @@ class _ConcreteFamily(TemperedDistribution):
     def _log_density(
         self, log_value: Tensor, jacobian: bool, computed: tuple[Tensor, Tensor, Tensor | None] | None = None
     ) -> Tensor:
-        """The density at a general log-space value (the dtypes promoted, as the kernels do);
-        ``computed``: :meth:`_compute`'s result, when the caller has it."""
+        """The density at a general log-space value; ``computed``: :meth:`_compute`'s result,
+        when the caller has it."""
         logits, temperature, masked = self._compute() if computed is None else computed
-        dtype = torch.promote_types(logits.dtype, log_value.dtype)
-        log_value, logits, temperature = log_value.to(dtype), logits.to(dtype), temperature.to(dtype)
-        return log_density(
-            log_value, logits, temperature, mask_for_value(masked, log_value), jacobian=jacobian
-        )
+        return log_density_of_value(log_value, logits, temperature, masked, jacobian=jacobian)
 
 
 class ExpConcrete(_ConcreteFamily):

@@ -286,18 +286,18 @@ def log_density(
     kept_value = value.masked_fill(dropped, 0.0)
     a = (logits - temperature.unsqueeze(-1) * kept_value).masked_fill(dropped, -torch.inf)
     scores = _log_softmax(a).masked_fill(dropped, 0.0).sum(-1)
-    kept = (dropped.shape[-1] - dropped.sum(-1)).to(scores.dtype)
-    density = scores + _log_normaliser(kept, temperature)
+    density = scores + _log_normaliser(dropped, temperature)
     if jacobian:
         density = density - kept_value.sum(-1)
     return density.masked_fill(off_face, -torch.inf)
 
 
-def _log_normaliser(k: Tensor | int, temperature: Tensor) -> Tensor:
-    """``lgamma K' + (K'-1) log τ`` with ``K'`` the categories left in each row (a Tensor of
-    counts, or one number for every row)."""
-    if isinstance(k, int):
-        return temperature.log() * (k - 1) + math.lgamma(k)
+def _log_normaliser(dropped: Tensor | int, temperature: Tensor) -> Tensor:
+    """``lgamma K' + (K'-1) log τ`` with ``K'`` the categories left in each row: ``dropped``
+    marks the categories out of each row, or is the number ``K`` when none is."""
+    if isinstance(dropped, int):
+        return temperature.log() * (dropped - 1) + math.lgamma(dropped)
+    k = (dropped.shape[-1] - dropped.sum(-1)).to(temperature.dtype)
     return torch.lgamma(k) + (k - 1) * temperature.log()
 
 
@@ -316,20 +316,26 @@ def exp_concrete_log_density_along_path(
     """
     with torch.no_grad():
         value = log_density(log_value, logits, temperature, masked, jacobian=False)
-    if masked is None:
-        normaliser = _log_normaliser(log_value.shape[-1], temperature)
-    else:
-        kept = (masked.shape[-1] - masked.sum(-1)).to(value.dtype)
-        normaliser = _log_normaliser(kept, temperature)
+    normaliser = _log_normaliser(log_value.shape[-1] if masked is None else masked, temperature)
     return value - normaliser.detach() + normaliser
 
 
-def _public_density(value: Tensor, logits: Tensor, temperature: Tensor | Number, jacobian: bool) -> Tensor:
+def log_density_of_value(
+    value: Tensor, logits: Tensor, temperature: Tensor, masked: Tensor | None, *, jacobian: bool
+) -> Tensor:
+    """:func:`log_density` at a general log-space ``value``: the dtypes promoted (never below
+    the compute dtype) and the mask decided by :func:`mask_for_value`. ``logits``, ``masked``:
+    as :func:`shifted_logits` returns them; ``temperature`` of the batch shape."""
     dtype = compute_dtype(torch.promote_types(value.dtype, logits.dtype))
-    tau = kernel_temperature(temperature, logits, 1).to(dtype)
-    theta, masked = shifted_logits(logits)
     value = value.to(dtype)
-    return log_density(value, theta.to(dtype), tau, mask_for_value(masked, value), jacobian=jacobian)
+    mask = mask_for_value(masked, value)
+    return log_density(value, logits.to(dtype), temperature.to(dtype), mask, jacobian=jacobian)
+
+
+def _public_density(value: Tensor, logits: Tensor, temperature: Tensor | Number, jacobian: bool) -> Tensor:
+    theta, masked = shifted_logits(logits)
+    tau = kernel_temperature(temperature, logits, 1)
+    return log_density_of_value(value, theta, tau, masked, jacobian=jacobian)
 
 
 def exp_concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor | Number) -> Tensor:
@@ -397,8 +403,6 @@ def concrete_log_density(value: Tensor, logits: Tensor, temperature: Tensor | Nu
         >>> concrete_log_density(x, torch.zeros(3), 1.0)     # lgamma(3) + 0 - 3 log 3 + 3 log 3
         tensor(0.6931)
     """
-    dtype = compute_dtype(torch.promote_types(value.dtype, logits.dtype))
     theta, masked = shifted_logits(logits)
-    log_value = log_of_simplex_point(value, masked).to(dtype)
-    tau = kernel_temperature(temperature, logits, 1).to(dtype)
-    return log_density(log_value, theta.to(dtype), tau, mask_for_value(masked, log_value), jacobian=True)
+    tau = kernel_temperature(temperature, logits, 1)
+    return log_density_of_value(log_of_simplex_point(value, masked), theta, tau, masked, jacobian=True)
