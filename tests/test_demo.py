@@ -45,16 +45,70 @@ def test_demo_runs_and_improves(tmp_path, capsys):
     assert len(train.losses) == len(train.temperatures) == 2 * math.ceil(1438 / 100)
 
 
-@pytest.mark.parametrize("estimator", ["gumbel_rao", "reinmax", "relaxed"])
-def test_every_estimator_trains(estimator):
+@pytest.mark.parametrize(
+    "estimator, settings",
+    [
+        ("gumbel_rao", {}),
+        ("reinmax", {}),
+        ("gumbel_softmax", {}),
+        ("concrete", {}),
+        ("concrete", {"relaxed_kl": "exact", "kl_warmup_epochs": 2}),
+    ],
+)
+def test_every_estimator_trains(estimator, settings):
     needs_digits()
     train_x, test_x = load_binarized_digits()
-    config = TrainConfig(estimator=estimator, epochs=1, num_latents=3, num_classes=3, eval_particles=5)
+    config = TrainConfig(
+        estimator=estimator, epochs=1, num_latents=3, num_classes=3, eval_particles=5, **settings
+    )
     result = train_vae(config, train_x[:400], test_x[:100])
     assert math.isfinite(result.neg_elbo) and 0 < result.neg_elbo < result.initial_neg_elbo - 5
+    assert math.isfinite(result.objective) and result.objective > 0
     assert all(math.isfinite(loss) for loss in result.losses)
-    # The schedule: ReinMax's temperature floor is 1 (its authors' advice), 0.5 otherwise.
-    assert config.schedule().minimum == (1.0 if estimator == "reinmax" else 0.5)
+    assert result.vae.kl_scale == 1.0  # after a warm-up longer than the run, too
+    # The schedule: ReinMax's temperature floor is 1 (its authors' advice); Concrete's is
+    # fixed at Maddison et al.'s posterior temperature (2/3 for 3 classes, their 4-ary
+    # choice being 1: nearest is 4 classes); 0.5 otherwise.
+    schedule = config.schedule()
+    expected = {"reinmax": (1.0, 1.0), "concrete": (1.0, 1.0)}.get(estimator, (1.0, 0.5))
+    assert (schedule.initial, schedule.minimum) == expected
+
+
+def test_training_losses_and_temperatures():
+    """Each estimator's own Pyro loss, and the prior temperatures of the Concrete model."""
+    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+    from pyro_concrete.demo.model import maddison_temperatures
+    from pyro_concrete.infer import GumbelSoftmax_ELBO
+
+    for estimator in ("st", "gumbel_rao", "reinmax"):
+        assert type(CategoricalVAE(estimator=estimator).training_loss()) is TraceMeanField_ELBO
+    assert type(CategoricalVAE(estimator="gumbel_softmax").training_loss()) is GumbelSoftmax_ELBO
+    concrete = CategoricalVAE(estimator="concrete", temperature=2 / 3)
+    assert concrete.prior_temperature == 0.4 and type(concrete.training_loss()) is Trace_ELBO
+    exact = CategoricalVAE(estimator="concrete", temperature=0.5, prior_temperature=0.5, relaxed_kl="exact")
+    assert type(exact.training_loss()) is TraceMeanField_ELBO
+    exact.temperature = 0.4  # annealed away from the prior's: no exact KL exists
+    with pytest.raises(ValueError, match="equal prior and guide temperatures"):
+        exact.training_loss()
+    assert maddison_temperatures(2) == (2 / 3, 1 / 2)
+    assert maddison_temperatures(4) == (1.0, 2 / 3)
+    assert maddison_temperatures(8) == maddison_temperatures(10) == (2 / 3, 2 / 5)
+    assert maddison_temperatures(3) == (1.0, 2 / 3)  # nearest in log n: 4
+    with pytest.raises(ValueError, match="prior_temperature is for estimator 'concrete' only"):
+        CategoricalVAE(estimator="st", prior_temperature=0.5)
+    with pytest.raises(ValueError, match="relaxed_kl='exact' is for estimator 'concrete' only"):
+        CategoricalVAE(estimator="gumbel_softmax", relaxed_kl="exact")
+    with pytest.raises(ValueError, match="relaxed_kl must be one of"):
+        CategoricalVAE(estimator="concrete", relaxed_kl="analytic")
+    # the demo's configuration: Maddison et al.'s temperatures, or one for the exact KL
+    assert TrainConfig(estimator="concrete").model_prior_temperature() == 0.4
+    assert TrainConfig(estimator="concrete", relaxed_kl="exact").model_prior_temperature() == 2 / 3
+    with pytest.raises(ValueError, match="one fixed temperature"):
+        TrainConfig(estimator="concrete", relaxed_kl="exact", min_temperature=0.1).model_prior_temperature()
+    with pytest.raises(ValueError, match="one fixed temperature"):
+        TrainConfig(estimator="concrete", relaxed_kl="exact", prior_temperature=0.3).model_prior_temperature()
+    assert TrainConfig(estimator="st").model_prior_temperature() is None
 
 
 def test_split_is_fixed_and_binary():
@@ -103,6 +157,17 @@ def test_held_out_neg_elbo_matches_enumeration():
 def test_cli_options(capsys):
     args = parse_args(["--estimator", "gumbel_rao", "--epochs", "3", "--latents", "5", "--classes", "6"])
     assert (args.estimator, args.epochs, args.latents, args.classes) == ("gumbel_rao", 3, 5, 6)
+    args = parse_args(
+        ["--estimator", "concrete", "--temperature", "0.2", "--prior-temperature", "0.125"]
+        + ["--relaxed-kl", "exact", "--kl-warmup-epochs", "10", "--min-temperature", "0.1"]
+    )
+    assert (args.temperature, args.prior_temperature, args.relaxed_kl) == (0.2, 0.125, "exact")
+    assert (args.kl_warmup_epochs, args.min_temperature) == (10, 0.1)
+    for bad in (["--prior-temperature", "0.5"], ["--relaxed-kl", "exact"], ["--temperature", "0"]):
+        with pytest.raises(SystemExit) as info:
+            parse_args(bad)
+        assert info.value.code == 2
+    assert "options of --estimator concrete" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         parse_args(["--help"])
     assert info.value.code == 0
@@ -156,6 +221,9 @@ def test_model_rejects_bad_arguments():
         ("anneal_rate", -1e-4, ValueError),
         ("anneal_every", 0, ValueError),
         ("eval_particles", None, TypeError),
+        ("prior_temperature", 0.0, ValueError),
+        ("relaxed_kl", "analytic", ValueError),
+        ("kl_warmup_epochs", -1, ValueError),
     ],
 )
 def test_train_config_rejects_bad_numbers(field, value, error):

@@ -10,19 +10,35 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_positive_float
+from ..infer.schedules import ExponentialDecay
 from .data import load_binarized_digits
-from .model import ESTIMATORS
+from .model import ESTIMATORS, RELAXED_KL
 from .training import TrainConfig, TrainResult, independent_pixels_neg_log_lik, train_vae
 
 __all__ = ["DemoResult", "console_main", "main", "parse_args"]
 
 _GUIDES = {
-    "st": "ConcreteStraightThrough(estimator='st')",
-    "gumbel_rao": "ConcreteStraightThrough(estimator='gumbel_rao', rao_samples=10)",
-    "reinmax": "ConcreteStraightThrough(estimator='reinmax')",
-    "relaxed": "ExpConcrete (relaxed model: ExpConcrete prior and guide, Maddison et al. 2017)",
+    "st": "ConcreteStraightThrough(estimator='st'); loss: TraceMeanField_ELBO",
+    "gumbel_rao": "ConcreteStraightThrough(estimator='gumbel_rao', rao_samples=10); "
+    "loss: TraceMeanField_ELBO",
+    "reinmax": "ConcreteStraightThrough(estimator='reinmax'); loss: TraceMeanField_ELBO",
+    "gumbel_softmax": "Concrete, decoder reads the relaxed sample (Jang et al. 2017); "
+    "loss: GumbelSoftmax_ELBO (categorical KL)",
+    "concrete": "ExpConcrete prior and guide, decoder reads exp(y) (Maddison et al. 2017)",
 }
+
+
+def _positive_float(name: str) -> Callable[[str], float]:
+    """An argparse ``type``: the package's positive-float check, its message as argparse's error."""
+
+    def parse(text: str) -> float:
+        try:
+            return check_positive_float(name, float(text))
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 @dataclass
@@ -65,8 +81,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--estimator",
         choices=ESTIMATORS,
         default=defaults.estimator,
-        help="gradient estimator of the guide; 'relaxed' trains the relaxed (ExpConcrete) model "
-        "of Maddison et al. 2017 instead (default: %(default)s)",
+        help="how to train: a straight-through estimator of the discrete model (st, gumbel_rao, "
+        "reinmax), Jang et al. 2017's Gumbel-Softmax VAE (gumbel_softmax) or Maddison et al. 2017's "
+        "relaxed model (concrete) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=_positive_float("temperature"),
+        help="initial temperature of the guide (default: 1; for concrete Maddison et al.'s, 2/3 "
+        "for 8 classes)",
+    )
+    parser.add_argument(
+        "--min-temperature",
+        type=_positive_float("min-temperature"),
+        help="floor of the annealed temperature (default: 0.5; 1 for reinmax; concrete: no annealing)",
+    )
+    parser.add_argument(
+        "--prior-temperature",
+        type=_positive_float("prior-temperature"),
+        help="concrete only: temperature of the relaxed prior (default: Maddison et al.'s, 2/5 for 8 "
+        "classes; with --relaxed-kl exact, the guide's)",
+    )
+    parser.add_argument(
+        "--relaxed-kl",
+        choices=RELAXED_KL,
+        default=defaults.relaxed_kl,
+        help="concrete only: KL term by one Monte Carlo sample in log space (mc) or exactly (exact, "
+        "one fixed temperature for prior and guide, several times slower) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kl-warmup-epochs",
+        type=_int_at_least(0, "kl-warmup-epochs"),
+        default=defaults.kl_warmup_epochs,
+        help="weight the KL term from ~0 up to 1 over this many epochs (default: %(default)s)",
     )
     parser.add_argument(
         "--epochs", type=_int_at_least(1, "epochs"), default=defaults.epochs, help="default: %(default)s"
@@ -97,7 +144,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "more threads do not reduce (default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.estimator != "concrete" and (args.prior_temperature is not None or args.relaxed_kl != "mc"):
+        parser.error("--prior-temperature and --relaxed-kl are options of --estimator concrete")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> DemoResult:
@@ -120,6 +170,11 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
         num_latents=args.latents,
         num_classes=args.classes,
         seed=args.seed,
+        initial_temperature=args.temperature,
+        min_temperature=args.min_temperature,
+        prior_temperature=args.prior_temperature,
+        relaxed_kl=args.relaxed_kl,
+        kl_warmup_epochs=args.kl_warmup_epochs,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -134,6 +189,36 @@ def console_main() -> None:
     main()
 
 
+def _describe(config: TrainConfig) -> str:
+    """The guide and loss of a run, in words."""
+    if config.estimator != "concrete":
+        return f"guide: {_GUIDES[config.estimator]}"
+    loss = "Trace_ELBO (KL by one sample, in log space)"
+    if config.relaxed_kl == "exact":
+        loss = "TraceMeanField_ELBO (exact KL of the ExpConcretes)"
+    prior = config.model_prior_temperature()
+    warmup = f", KL warm-up {config.kl_warmup_epochs} epochs" if config.kl_warmup_epochs else ""
+    return f"model and guide: {_GUIDES['concrete']}, prior temperature {prior:g}; loss: {loss}{warmup}"
+
+
+def _objective_line(config: TrainConfig, objective: float) -> str:
+    """The held-out training objective, where it is not the discrete model's negative ELBO."""
+    if config.estimator == "gumbel_softmax":
+        return f"  held-out Gumbel-Softmax objective (relaxed sample, categorical KL): {objective:.2f}\n"
+    if config.estimator == "concrete":
+        return f"  held-out negative ELBO of the relaxed model (its training objective): {objective:.2f}\n"
+    return ""
+
+
+def _describe_schedule(schedule: ExponentialDecay) -> str:
+    if schedule.minimum >= schedule.initial or schedule.rate == 0:
+        return f"{schedule.initial:g} (fixed)"
+    return (
+        f"{schedule.initial:g} -> {schedule.minimum:g} (exponential decay, rate {schedule.rate:g} per step, "
+        f"every {schedule.every} steps)"
+    )
+
+
 def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:
     from .figure import write_figure
 
@@ -142,9 +227,8 @@ def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:
     print(
         f"Categorical VAE, {config.num_latents} latents x {config.num_classes} classes, on binarised 8x8 "
         f"digits ({train_x.shape[0]} training / {test_x.shape[0]} test images)\n"
-        f"guide: {_GUIDES[config.estimator]}; loss: TraceMeanField_ELBO; Adam, lr {config.learning_rate}, "
-        f"batch {config.batch_size}; temperature {schedule.initial:g} -> {schedule.minimum:g} "
-        f"(exponential decay, rate {schedule.rate:g} per step, every {schedule.every} steps)",
+        f"{_describe(config)}; Adam, lr {config.learning_rate}, batch {config.batch_size}; "
+        f"temperature {_describe_schedule(schedule)}",
         flush=True,
     )
     start = time.perf_counter()
@@ -157,6 +241,7 @@ def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:
         f"{result.neg_elbo:.2f} nats per image\n"
         f"  untrained model: {result.initial_neg_elbo:.2f}; a model of independent pixels (no latents, "
         f"fitted on the training set): {baseline:.2f} negative log-likelihood\n"
+        f"{_objective_line(config, result.objective)}"
         f"training and evaluation took {seconds:.1f} s ({result.seconds_per_epoch:.3f} s per epoch)\n"
         f"figure: {path.resolve()}"
     )

@@ -8,17 +8,28 @@ Generative model, for an image ``x`` of ``P`` binary pixels::
     z_l ~ OneHotCategorical(uniform over K classes),   l = 1..L  (independent)
     x   ~ Bernoulli(logits = decoder(z_1, ..., z_L))   (P independent pixels)
 
-Guide: ``q(z_l | x)`` has logits ``encoder(x)[l]``; the sample is drawn by
-:class:`~pyro_concrete.ConcreteStraightThrough` (``estimator`` ``"st"``, ``"gumbel_rao"`` or
-``"reinmax"``): exact one-hot values, scored with the exact discrete ``log_prob``, so the
-training loss is an honest estimate of the negative ELBO of the discrete model.
+Five ways to train it (``estimator``):
 
-``estimator="relaxed"`` trains the relaxed model of Maddison et al. 2017 instead: prior and
-guide are :class:`~pyro_concrete.ExpConcrete` at the current temperature (the log-space
-form, whose KL term stays finite at low temperature), the decoder reads the relaxed sample
-``exp(y)``, and the loss is the negative ELBO of that relaxed model, not of the discrete one.
-Whatever the training, :meth:`CategoricalVAE.held_out_neg_elbo` scores the discrete model
-with the discrete guide ``OneHotCategorical(logits=encoder(x))``.
+- ``"st"``, ``"gumbel_rao"``, ``"reinmax"``: the discrete model, its guide ``q(z_l | x)``
+  (logits ``encoder(x)[l]``) sampled by :class:`~pyro_concrete.ConcreteStraightThrough`
+  with that estimator: exact one-hot values scored with the exact discrete ``log_prob``,
+  ``TraceMeanField_ELBO`` with the exact categorical KL. The training loss is an honest
+  estimate of the negative ELBO of the discrete model.
+- ``"gumbel_softmax"``: Jang et al. 2017's Gumbel-Softmax VAE. The decoder reads the relaxed
+  sample of :class:`~pyro_concrete.Concrete` at the (annealed) temperature; the KL term is
+  the categorical KL of the encoder's probabilities to the prior
+  (:class:`~pyro_concrete.infer.GumbelSoftmax_ELBO`).
+- ``"concrete"``: Maddison et al. 2017's relaxed model. Prior and guide are
+  :class:`~pyro_concrete.ExpConcrete` (the log-space form) at their own temperatures
+  (``prior_temperature``, and the annealed guide ``temperature``); the decoder reads the
+  relaxed sample ``exp(y)``; the KL term is ``log q(y) - log p(y)`` at the sample, in log
+  space (``Trace_ELBO``), or with ``relaxed_kl="exact"`` the exact KL of the two
+  ExpConcretes (``TraceMeanField_ELBO``; it needs equal temperatures). The loss is the
+  negative ELBO of the relaxed model.
+
+Whatever the training, :meth:`CategoricalVAE.held_out_neg_elbo` scores the *discrete*
+model with the discrete guide ``OneHotCategorical(logits=encoder(x))``, and
+:meth:`CategoricalVAE.training_loss` gives each way's own Pyro loss.
 """
 
 from __future__ import annotations
@@ -29,16 +40,45 @@ from itertools import pairwise
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.elbo import ELBO
 from torch import Tensor, nn
 
 from .._checks import check_int, check_positive_float
-from ..distributions import ConcreteStraightThrough, ExpConcrete
+from ..distributions import Concrete, ConcreteStraightThrough, ExpConcrete
+from ..infer.gumbel_softmax import GumbelSoftmax_ELBO
 
-__all__ = ["ESTIMATORS", "CategoricalVAE"]
+__all__ = [
+    "ESTIMATORS",
+    "MADDISON_TEMPERATURES",
+    "RELAXED_KL",
+    "CategoricalVAE",
+    "maddison_temperatures",
+]
 
-ESTIMATORS = ("st", "gumbel_rao", "reinmax", "relaxed")
+ESTIMATORS = ("st", "gumbel_rao", "reinmax", "gumbel_softmax", "concrete")
+RELAXED_KL = ("mc", "exact")
+
+# Maddison et al. 2017, appendix D.5: the (posterior, prior) temperatures they found best for
+# n-ary Concrete VAEs ("We found it valuable to have different values for the prior and
+# posterior"), fixed during training ("No temperature annealing was used").
+MADDISON_TEMPERATURES = {2: (2 / 3, 1 / 2), 4: (1.0, 2 / 3), 8: (2 / 3, 2 / 5)}
+
+
+def maddison_temperatures(num_classes: int) -> tuple[float, float]:
+    """``(posterior, prior)`` temperatures Maddison et al. 2017 recommend for ``num_classes``
+    classes: their table for 2, 4 and 8 classes, the nearest entry (in ``log n``) otherwise.
+
+    Example::
+
+        >>> maddison_temperatures(8)
+        (0.6666666666666666, 0.4)
+    """
+    num_classes = check_int("num_classes", num_classes, minimum=2)
+    nearest = min(MADDISON_TEMPERATURES, key=lambda n: abs(math.log(n / num_classes)))
+    return MADDISON_TEMPERATURES[nearest]
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -55,25 +95,33 @@ class CategoricalVAE(nn.Module):
 
     The encoder and decoder are MLPs with ReLU hidden layers (``hidden`` sizes, mirrored in
     the decoder). :meth:`model` and :meth:`guide` take a batch ``x`` of shape
-    ``(batch, num_pixels)`` with values in ``{0, 1}`` and are used with Pyro's ``SVI``; the
-    latent site ``"z"`` has shape ``(batch, num_latents, num_classes)`` (one-hot rows, or
-    log-probability rows for ``"relaxed"``). ``temperature`` is a plain attribute: set it
-    between steps to anneal.
+    ``(batch, num_pixels)`` with values in ``{0, 1}`` and are used with Pyro's ``SVI`` and
+    the loss :meth:`training_loss` gives; the latent site ``"z"`` has shape
+    ``(batch, num_latents, num_classes)`` (one-hot rows, points of the simplex for
+    ``"gumbel_softmax"``, their logarithms for ``"concrete"``). ``temperature`` (the guide's)
+    and ``kl_scale`` (1 by default: the weight of the latent site's terms, that is of the KL
+    term, for a warm-up) are plain attributes: set them between steps.
 
     Args:
         num_pixels (int): size of an observation ``P``.
         num_latents (int): number of categorical latents ``L``.
         num_classes (int): classes per latent ``K``.
-        estimator (str): ``"st"``, ``"gumbel_rao"``, ``"reinmax"`` or ``"relaxed"``.
-        temperature (float): initial temperature of the relaxation.
+        estimator (str): one of :data:`ESTIMATORS` (see the module's description).
+        temperature (float): initial temperature of the guide's relaxation.
         hidden (sequence of int): hidden layer sizes of the encoder (the decoder mirrors them).
         rao_samples (int): conditional noise draws of ``"gumbel_rao"``.
+        prior_temperature (float, optional): temperature of the relaxed prior of
+            ``"concrete"`` (default: Maddison et al.'s for ``num_classes``,
+            :func:`maddison_temperatures`); ``None`` for the other estimators.
+        relaxed_kl (str): the KL term of ``"concrete"``: ``"mc"`` (one sample, in log space)
+            or ``"exact"`` (needs ``prior_temperature`` equal to the guide's temperature,
+            which then is not annealed below it).
 
     Example::
 
         >>> vae = CategoricalVAE(num_pixels=64, num_latents=8, num_classes=8, estimator="st")
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
-        ...                      pyro.infer.Trace_ELBO())
+        ...                      vae.training_loss())
         >>> loss = svi.step(torch.bernoulli(torch.full((100, 64), 0.3)))
         >>> neg_elbo = vae.held_out_neg_elbo(torch.zeros(10, 64))   # nats per image
         >>> isinstance(neg_elbo, float) and neg_elbo > 0
@@ -89,17 +137,32 @@ class CategoricalVAE(nn.Module):
         temperature: float = 1.0,
         hidden: Sequence[int] = (256,),
         rao_samples: int = 10,
+        prior_temperature: float | None = None,
+        relaxed_kl: str = "mc",
     ) -> None:
         super().__init__()
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if relaxed_kl not in RELAXED_KL:
+            raise ValueError(f"relaxed_kl must be one of {RELAXED_KL}, got {relaxed_kl!r}")
         self.num_pixels = check_int("num_pixels", num_pixels, minimum=1)
         self.num_latents = check_int("num_latents", num_latents, minimum=1)
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
         hidden = tuple(check_int(f"hidden[{i}]", size, minimum=1) for i, size in enumerate(hidden))
         self.estimator = estimator
         self.temperature = check_positive_float("temperature", temperature)
+        self.kl_scale = 1.0  # weight of the latent site's terms (KL warm-up), set between steps
         self.rao_samples = check_int("rao_samples", rao_samples, minimum=1)
+        if estimator == "concrete":
+            if prior_temperature is None:
+                prior_temperature = maddison_temperatures(num_classes)[1]
+            prior_temperature = check_positive_float("prior_temperature", prior_temperature)
+        elif prior_temperature is not None:
+            raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {estimator!r}")
+        self.prior_temperature = prior_temperature
+        if relaxed_kl == "exact" and estimator != "concrete":
+            raise ValueError(f"relaxed_kl='exact' is for estimator 'concrete' only, not {estimator!r}")
+        self.relaxed_kl = relaxed_kl
         width = num_latents * num_classes
         self.encoder = _mlp([num_pixels, *hidden, width])
         self.decoder = _mlp([width, *reversed(hidden), num_pixels])
@@ -117,29 +180,46 @@ class CategoricalVAE(nn.Module):
     def _prior_logits(self, x: Tensor) -> Tensor:
         return x.new_zeros(self.num_latents, self.num_classes)
 
-    # -- Pyro model and guides -------------------------------------------------------
+    # -- Pyro model, guides and loss -------------------------------------------------
 
-    @property
-    def relaxed(self) -> bool:
-        return self.estimator == "relaxed"
+    def training_loss(self, num_particles: int = 1) -> ELBO:
+        """The Pyro loss this estimator trains with (see the module's description)."""
+        if self.estimator == "gumbel_softmax":
+            return GumbelSoftmax_ELBO(num_particles=num_particles)
+        if self.estimator == "concrete" and self.relaxed_kl == "mc":
+            return Trace_ELBO(num_particles=num_particles)
+        if self.estimator == "concrete" and self.temperature != self.prior_temperature:
+            raise ValueError(
+                "relaxed_kl='exact' needs equal prior and guide temperatures (the exact KL of two "
+                f"ExpConcretes is known only then), got {self.prior_temperature} and {self.temperature}"
+            )
+        return TraceMeanField_ELBO(num_particles=num_particles)
 
     def model(self, x: Tensor) -> None:
-        """The generative model: discrete, or relaxed (``ExpConcrete``) for ``"relaxed"``."""
-        self._model(x, relaxed=self.relaxed)
-
-    def discrete_model(self, x: Tensor) -> None:
-        """The discrete generative model, whatever the estimator."""
-        self._model(x, relaxed=False)
-
-    def _model(self, x: Tensor, relaxed: bool) -> None:
+        """The generative model: discrete for the straight-through estimators, relaxed
+        (``Concrete`` for ``"gumbel_softmax"``, ``ExpConcrete`` for ``"concrete"``) otherwise."""
         pyro.module("decoder", self.decoder)
         logits = self._prior_logits(x)
         with pyro.plate("data", x.shape[0]):
-            if relaxed:
-                y = pyro.sample("z", ExpConcrete(self.temperature, logits=logits).to_event(1))
-                z = y.exp()
+            if self.estimator == "concrete":
+                assert self.prior_temperature is not None
+                prior = ExpConcrete(self.prior_temperature, logits=logits).to_event(1)
+            elif self.estimator == "gumbel_softmax":
+                prior = Concrete(self.temperature, logits=logits).to_event(1)
             else:
-                z = pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
+                prior = dist.OneHotCategorical(logits=logits).to_event(1)
+            with poutine.scale(scale=self.kl_scale):
+                z = pyro.sample("z", prior)
+            if self.estimator == "concrete":
+                z = z.exp()
+            pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
+
+    def discrete_model(self, x: Tensor) -> None:
+        """The discrete generative model, whatever the estimator."""
+        pyro.module("decoder", self.decoder)
+        logits = self._prior_logits(x)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
 
     def latent_distribution(self, logits: Tensor) -> dist.TorchDistribution:
@@ -148,8 +228,10 @@ class CategoricalVAE(nn.Module):
         Override it to try another sampler in the same model (the VAE benchmark does, for
         Pyro's ``RelaxedOneHotCategoricalStraightThrough``).
         """
-        if self.relaxed:
+        if self.estimator == "concrete":
             return ExpConcrete(self.temperature, logits=logits)
+        if self.estimator == "gumbel_softmax":
+            return Concrete(self.temperature, logits=logits)
         return ConcreteStraightThrough(
             self.temperature, logits=logits, estimator=self.estimator, rao_samples=self.rao_samples
         )
@@ -157,7 +239,7 @@ class CategoricalVAE(nn.Module):
     def guide(self, x: Tensor) -> None:
         """The amortised guide used for training."""
         pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=self.kl_scale):
             pyro.sample("z", self.latent_distribution(self.encode(x)).to_event(1))
 
     def discrete_guide(self, x: Tensor) -> None:

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import pyro
 import torch
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 from pyro.optim import PyroOptim
 from torch import Tensor
 
 from .._checks import check_int, check_nonnegative_float, check_positive_float
 from ..infer.schedules import ExponentialDecay
-from .model import ESTIMATORS, CategoricalVAE
+from .model import ESTIMATORS, RELAXED_KL, CategoricalVAE, maddison_temperatures
 
 __all__ = ["TrainConfig", "TrainResult", "independent_pixels_neg_log_lik", "train_vae"]
 
@@ -25,11 +25,22 @@ __all__ = ["TrainConfig", "TrainResult", "independent_pixels_neg_log_lik", "trai
 class TrainConfig:
     """Settings of one training run (defaults: the demo's).
 
-    The temperature follows Jang et al. 2017's schedule
+    The guide's temperature follows Jang et al. 2017's schedule
     ``max(min_temperature, initial_temperature * exp(-anneal_rate * t))``, recomputed every
     ``anneal_every`` steps (:class:`~pyro_concrete.infer.ExponentialDecay`). With the
-    defaults it reaches its floor after about 1400 steps. ``min_temperature=None`` means
-    0.5, or 1.0 for ReinMax, whose authors recommend temperatures of at least 1.
+    defaults it falls from 1 to its floor 0.5 in about 1400 steps (Jang et al.'s floor;
+    their rates, 1e-5 and 1e-4 per step, are for runs a hundred times longer). ``None``
+    means the estimator's own default:
+
+    - ``initial_temperature``: 1, except ``"concrete"``: Maddison et al.'s fixed posterior
+      temperature for ``num_classes`` (2/3 for 8 classes, :func:`~pyro_concrete.demo.model.
+      maddison_temperatures`);
+    - ``min_temperature``: 0.5; 1 for ReinMax, whose authors recommend temperatures of at
+      least 1; for ``"concrete"`` the initial temperature (no annealing, as Maddison et al.);
+    - ``prior_temperature`` (``"concrete"`` only): Maddison et al.'s (2/5 for 8 classes).
+
+    ``kl_warmup_epochs`` scales the latent site's terms (the KL term) by a weight rising
+    linearly from ``1/steps`` to 1 over that many epochs (0: no warm-up).
     """
 
     estimator: str = "st"
@@ -41,11 +52,14 @@ class TrainConfig:
     learning_rate: float = 3e-3
     hidden: tuple[int, ...] = (256,)
     rao_samples: int = 10
-    initial_temperature: float = 1.0
+    initial_temperature: float | None = None
     min_temperature: float | None = None
     anneal_rate: float = 5e-4
     anneal_every: int = 100
     eval_particles: int = 20
+    prior_temperature: float | None = None
+    relaxed_kl: str = "mc"
+    kl_warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         """Checks every number (``TypeError`` or ``ValueError`` naming the field)."""
@@ -59,21 +73,53 @@ class TrainConfig:
         self.learning_rate = check_positive_float("learning_rate", self.learning_rate)
         self.hidden = tuple(check_int(f"hidden[{i}]", size, minimum=1) for i, size in enumerate(self.hidden))
         self.rao_samples = check_int("rao_samples", self.rao_samples, minimum=1)
-        self.initial_temperature = check_positive_float("initial_temperature", self.initial_temperature)
+        if self.initial_temperature is not None:
+            self.initial_temperature = check_positive_float("initial_temperature", self.initial_temperature)
+        if self.prior_temperature is not None:
+            self.prior_temperature = check_positive_float("prior_temperature", self.prior_temperature)
+        if self.relaxed_kl not in RELAXED_KL:
+            raise ValueError(f"relaxed_kl must be one of {RELAXED_KL}, got {self.relaxed_kl!r}")
         if self.min_temperature is not None:
             self.min_temperature = check_positive_float("min_temperature", self.min_temperature)
         self.anneal_rate = check_nonnegative_float("anneal_rate", self.anneal_rate)
         self.anneal_every = check_int("anneal_every", self.anneal_every, minimum=1)
         self.eval_particles = check_int("eval_particles", self.eval_particles, minimum=1)
+        self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, minimum=0)
 
     def schedule(self) -> ExponentialDecay:
         """The temperature schedule of this run."""
+        initial = self.initial_temperature
+        if initial is None:
+            initial = maddison_temperatures(self.num_classes)[0] if self.estimator == "concrete" else 1.0
         minimum = self.min_temperature
         if minimum is None:
-            minimum = 1.0 if self.estimator == "reinmax" else 0.5
+            minimum = {"reinmax": 1.0, "concrete": initial}.get(self.estimator, 0.5)
         return ExponentialDecay(
-            initial=self.initial_temperature, rate=self.anneal_rate, minimum=minimum, every=self.anneal_every
+            initial=initial, rate=self.anneal_rate, minimum=minimum, every=self.anneal_every
         )
+
+    def model_prior_temperature(self) -> float | None:
+        """The relaxed prior's temperature of ``"concrete"`` (``None`` for the others): the one
+        given, else the guide's with ``relaxed_kl="exact"`` (the exact KL needs them equal),
+        else Maddison et al.'s.
+
+        Raises:
+            ValueError: for ``relaxed_kl="exact"`` with an annealed guide temperature or a
+                prior temperature different from it.
+        """
+        if self.estimator != "concrete":
+            return self.prior_temperature
+        schedule = self.schedule()
+        if self.relaxed_kl == "mc":
+            return self.prior_temperature or maddison_temperatures(self.num_classes)[1]
+        prior = self.prior_temperature or schedule.initial
+        if (schedule.minimum < schedule.initial and schedule.rate > 0) or prior != schedule.initial:
+            raise ValueError(
+                "relaxed_kl='exact' needs one fixed temperature for prior and guide (the exact KL of "
+                f"two ExpConcretes is known only then): got prior {prior}, guide {schedule.initial} "
+                f"annealed to {schedule.minimum}"
+            )
+        return prior
 
 
 @dataclass
@@ -84,6 +130,7 @@ class TrainResult:
     vae: CategoricalVAE
     initial_neg_elbo: float  # held-out, discrete model, before training
     neg_elbo: float = math.nan  # held-out, discrete model, after training
+    objective: float = math.nan  # held-out, the training loss (each method's own objective)
     losses: list[float] = field(default_factory=list)  # training loss of each step
     temperatures: list[float] = field(default_factory=list)  # temperature of each step
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch
@@ -105,11 +152,12 @@ def train_vae(
 
     Clears Pyro's parameter store, seeds every random number generator with
     ``config.seed``, and runs ``config.epochs`` passes over shuffled minibatches of
-    ``train_x`` with Adam, annealing the temperature. The loss is ``TraceMeanField_ELBO``:
-    for a straight-through guide against the discrete prior it uses the exact KL term
-    (registered by :mod:`pyro_concrete.kl`), the choice of Jang et al. 2017. With the
+    ``train_x`` with Adam, annealing the temperature. The loss is the estimator's own
+    (:meth:`~pyro_concrete.demo.model.CategoricalVAE.training_loss`). For the
+    straight-through estimators it is ``TraceMeanField_ELBO``: against the discrete prior it
+    uses the exact KL term (registered by :mod:`pyro_concrete.kl`). With the
     single-sample Monte Carlo KL term of ``Trace_ELBO`` instead, the straight-through
-    gradient of ``log q(z)`` adds noise and bias: the demo's defaults then end about 1.3
+    gradient of ``log q(z)`` adds noise and bias: the demo's defaults then end about 1.4
     nats worse (``benchmarks/vae.py``), and in shorter runs or at a lower learning rate the
     model stayed at the posterior-collapse baseline of a model without latents. The
     held-out negative ELBO of the discrete model is measured before and after training.
@@ -144,12 +192,16 @@ def train_vae(
         temperature=schedule.temperature,
         hidden=config.hidden,
         rao_samples=config.rao_samples,
+        prior_temperature=config.model_prior_temperature(),
+        relaxed_kl=config.relaxed_kl,
     )
     result = TrainResult(config, vae, vae.held_out_neg_elbo(test_x, config.eval_particles))
     optim = PyroOptim(torch.optim.Adam, {"lr": config.learning_rate})  # pyro.optim.Adam, typed
-    svi = SVI(vae.model, vae.guide, optim, loss or TraceMeanField_ELBO())
+    loss = loss or vae.training_loss()
+    svi = SVI(vae.model, vae.guide, optim, loss)
     shuffle = torch.Generator().manual_seed(config.seed)
     num_train = train_x.shape[0]
+    warmup_steps = config.kl_warmup_epochs * math.ceil(num_train / config.batch_size)
 
     epochs = range(config.epochs)
     bar = None
@@ -165,6 +217,7 @@ def train_vae(
         for begin in range(0, num_train, config.batch_size):
             batch = train_x[order[begin : begin + config.batch_size]]
             vae.temperature = schedule.temperature
+            vae.kl_scale = min(1.0, (len(result.losses) + 1) / warmup_steps) if warmup_steps else 1.0
             step_loss = svi.step(batch) / batch.shape[0]
             result.losses.append(step_loss)
             result.temperatures.append(vae.temperature)
@@ -173,8 +226,17 @@ def train_vae(
         result.epoch_seconds.append(time.perf_counter() - start)
         if bar is not None:
             bar.set_postfix(loss=f"{epoch_loss / num_train:.2f}", temperature=f"{vae.temperature:.3f}")
+    vae.kl_scale = 1.0
     result.neg_elbo = vae.held_out_neg_elbo(test_x, config.eval_particles)
+    result.objective = _held_out_objective(vae, type(loss), test_x, config.eval_particles)
     return result
+
+
+@torch.no_grad()
+def _held_out_objective(vae: CategoricalVAE, loss_class: type[ELBO], x: Tensor, num_particles: int) -> float:
+    """The training loss of ``vae`` on ``x`` (nats per image), ``num_particles`` samples per image."""
+    loss = loss_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return loss.loss(vae.model, vae.guide, x) / x.shape[0]
 
 
 def independent_pixels_neg_log_lik(train_x: Tensor, test_x: Tensor) -> float:

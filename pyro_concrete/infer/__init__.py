@@ -6,6 +6,8 @@
 - :mod:`.autoguide`: :class:`AutoConcrete`, a straight-through ``AutoGuide`` for the
   Bernoulli and OneHotCategorical sites of a model, and :func:`auto_concrete_guide`, which
   pairs it with a continuous autoguide;
+- :mod:`.gumbel_softmax`: :class:`GumbelSoftmax_ELBO`, Jang et al. 2017's objective for
+  relaxed models (the relaxed sample into the likelihood, the discrete KL term);
 - :mod:`.checks`: :func:`check_guide`, a pre-flight check for guide/model pairings that
   would give a wrong ELBO silently (a relaxed guide for a discrete site, Pyro issue 2628);
 - :mod:`.scoring`: :func:`differentiable_one_hot`, a model handler that lets
@@ -19,6 +21,7 @@ the private ``_sites`` module, with the unwrapping of Pyro's ``Independent`` /
 
 from .autoguide import AutoConcrete, auto_concrete_guide, is_concrete_site
 from .checks import check_guide
+from .gumbel_softmax import GumbelSoftmax_ELBO
 from .schedules import (
     ConstantTemperature,
     CosineDecay,
@@ -35,6 +38,7 @@ __all__ = [
     "CosineDecay",
     "DifferentiableOneHotMessenger",
     "ExponentialDecay",
+    "GumbelSoftmax_ELBO",
     "LinearDecay",
     "TemperatureSchedule",
     "auto_concrete_guide",
