@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyro
 import torch
@@ -235,7 +236,8 @@ def train_vae(
 @torch.no_grad()
 def _held_out_objective(vae: CategoricalVAE, loss_class: type[ELBO], x: Tensor, num_particles: int) -> float:
     """The training loss of ``vae`` on ``x`` (nats per image), ``num_particles`` samples per image."""
-    loss = loss_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+    # Pyro's ELBO base class declares no ``loss``; every ELBO the demo trains with has one.
+    loss: Any = loss_class(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     return loss.loss(vae.model, vae.guide, x) / x.shape[0]
 
 
