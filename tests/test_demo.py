@@ -65,7 +65,11 @@ def test_every_estimator_trains(estimator, settings):
     assert math.isfinite(result.neg_elbo) and 0 < result.neg_elbo < result.initial_neg_elbo - 5
     assert math.isfinite(result.objective) and result.objective > 0
     assert all(math.isfinite(loss) for loss in result.losses)
-    assert result.vae.kl_scale == 1.0  # after a warm-up longer than the run, too
+    if settings.get("kl_warmup_epochs"):  # a weight rising linearly over the warm-up steps
+        steps = 2 * len(result.losses)
+        assert result.kl_scales == pytest.approx([(i + 1) / steps for i in range(len(result.losses))])
+    else:
+        assert set(result.kl_scales) == {1.0}
     # The schedule: ReinMax's temperature floor is 1 (its authors' advice); Concrete's is
     # fixed at Maddison et al.'s posterior temperature (2/3 for 3 classes, their 4-ary
     # choice being 1: nearest is 4 classes); 0.5 otherwise.
@@ -105,10 +109,42 @@ def test_training_losses_and_temperatures():
     assert TrainConfig(estimator="concrete").model_prior_temperature() == 0.4
     assert TrainConfig(estimator="concrete", relaxed_kl="exact").model_prior_temperature() == 2 / 3
     with pytest.raises(ValueError, match="one fixed temperature"):
-        TrainConfig(estimator="concrete", relaxed_kl="exact", min_temperature=0.1).model_prior_temperature()
+        TrainConfig(estimator="concrete", relaxed_kl="exact", min_temperature=0.1)
     with pytest.raises(ValueError, match="one fixed temperature"):
-        TrainConfig(estimator="concrete", relaxed_kl="exact", prior_temperature=0.3).model_prior_temperature()
+        TrainConfig(estimator="concrete", relaxed_kl="exact", prior_temperature=0.3)
+    with pytest.raises(ValueError, match="prior_temperature is for estimator 'concrete' only"):
+        TrainConfig(estimator="st", prior_temperature=0.5)
+    with pytest.raises(ValueError, match="relaxed_kl='exact' is for estimator 'concrete' only"):
+        TrainConfig(estimator="gumbel_softmax", relaxed_kl="exact")
     assert TrainConfig(estimator="st").model_prior_temperature() is None
+    # the model's own default for the exact KL: the guide's temperature
+    assert CategoricalVAE(estimator="concrete", temperature=0.7, relaxed_kl="exact").prior_temperature == 0.7
+
+
+@pytest.mark.parametrize("estimator", ["st", "gumbel_softmax", "concrete"])
+def test_kl_scale_weights_the_kl_term_only(estimator):
+    """The loss is linear in kl_scale, and extrapolated to 0 it is the likelihood term alone."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = CategoricalVAE(num_pixels=6, num_latents=2, num_classes=3, estimator=estimator, hidden=(5,))
+    x = torch.bernoulli(torch.full((4, 6), 0.4))
+    loss = vae.training_loss()
+
+    def loss_at(scale):
+        vae.kl_scale = scale
+        pyro.set_rng_seed(1)
+        return loss.differentiable_loss(vae.model, vae.guide, x).item()
+
+    quarter, half, one = loss_at(0.25), loss_at(0.5), loss_at(1.0)  # (Pyro refuses a scale of 0)
+    assert one - half == pytest.approx(2 * (half - quarter), rel=1e-4, abs=1e-4)
+    at0 = 2 * half - one
+    # at 0: minus the log-likelihood of the guide's sample
+    pyro.set_rng_seed(1)
+    guide_trace = pyro.poutine.trace(vae.guide).get_trace(x)
+    z = guide_trace.nodes["z"]["value"]
+    z = z.exp() if estimator == "concrete" else z
+    nll = -torch.distributions.Bernoulli(logits=vae.decode(z)).log_prob(x).sum().item()
+    assert at0 == pytest.approx(nll, rel=1e-5)
 
 
 def test_split_is_fixed_and_binary():
@@ -159,15 +195,19 @@ def test_cli_options(capsys):
     assert (args.estimator, args.epochs, args.latents, args.classes) == ("gumbel_rao", 3, 5, 6)
     args = parse_args(
         ["--estimator", "concrete", "--temperature", "0.2", "--prior-temperature", "0.125"]
-        + ["--relaxed-kl", "exact", "--kl-warmup-epochs", "10", "--min-temperature", "0.1"]
+        + ["--kl-warmup-epochs", "10", "--min-temperature", "0.1", "--anneal-rate", "1e-3"]
     )
-    assert (args.temperature, args.prior_temperature, args.relaxed_kl) == (0.2, 0.125, "exact")
-    assert (args.kl_warmup_epochs, args.min_temperature) == (10, 0.1)
+    assert (args.temperature, args.prior_temperature, args.relaxed_kl) == (0.2, 0.125, "mc")
+    assert (args.kl_warmup_epochs, args.min_temperature, args.anneal_rate) == (10, 0.1, 1e-3)
+    assert parse_args(["--estimator", "concrete", "--relaxed-kl", "exact"]).relaxed_kl == "exact"
     for bad in (["--prior-temperature", "0.5"], ["--relaxed-kl", "exact"], ["--temperature", "0"]):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
         assert info.value.code == 2
     assert "options of --estimator concrete" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # the exact KL needs one temperature
+        parse_args(["--estimator", "concrete", "--relaxed-kl", "exact", "--prior-temperature", "0.3"])
+    assert info.value.code == 2 and "one fixed temperature" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         parse_args(["--help"])
     assert info.value.code == 0

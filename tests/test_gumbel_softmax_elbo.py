@@ -195,3 +195,28 @@ def test_torch_relaxed_classes_and_svi_step():
     for _ in range(300):
         svi.step(x)
     assert pyro.param("logits").argmax().item() == 2
+
+
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_subsampling_masks_and_vectorized_particles(vectorize):
+    """The KL term is scaled by the subsample and masked as TraceMeanField_ELBO's is."""
+    q_logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p_logits = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64)
+    keep = torch.tensor([True, False, True, True, False, True])
+    index = torch.tensor([0, 1, 3])
+
+    def model():
+        with pyro.plate("data", 6, subsample=index) as i, poutine.mask(mask=keep[i]):
+            pyro.sample("z", Concrete(0.5, logits=p_logits))
+        zero = torch.tensor(0.0, dtype=torch.float64)
+        pyro.sample("x", dist.Normal(zero, 1.0), obs=zero)
+
+    def guide():
+        with pyro.plate("data", 6, subsample=index) as i, poutine.mask(mask=keep[i]):
+            pyro.sample("z", Concrete(0.5, logits=q_logits[i]))
+
+    elbo = GumbelSoftmax_ELBO(num_particles=3, vectorize_particles=vectorize, max_plate_nesting=1)
+    loss = elbo.differentiable_loss(model, guide)
+    kl = categorical_kl(q_logits[index], p_logits) * keep[index]
+    expected = 6 / 3 * kl.sum() + 0.5 * math.log(2 * math.pi)
+    assert torch.allclose(loss, expected, rtol=1e-12)

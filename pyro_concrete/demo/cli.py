@@ -73,8 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m pyro_concrete.demo",
         description=(
             "Train a categorical VAE (Jang et al. 2017) by SVI in Pyro on scikit-learn's 8x8 "
-            "handwritten digits, binarised, with a straight-through Concrete guide. Prints the "
-            "held-out negative ELBO of the discrete model and writes a figure."
+            "handwritten digits, binarised, with a straight-through Concrete guide or as a relaxed "
+            "model. Prints the held-out negative ELBO of the discrete model and writes a figure."
         ),
     )
     parser.add_argument(
@@ -95,6 +95,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--min-temperature",
         type=_positive_float("min-temperature"),
         help="floor of the annealed temperature (default: 0.5; 1 for reinmax; concrete: no annealing)",
+    )
+    parser.add_argument(
+        "--anneal-rate",
+        type=float,
+        default=defaults.anneal_rate,
+        help="rate of the exponential decay of the temperature, per step (default: %(default)s)",
     )
     parser.add_argument(
         "--prior-temperature",
@@ -147,7 +153,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.estimator != "concrete" and (args.prior_temperature is not None or args.relaxed_kl != "mc"):
         parser.error("--prior-temperature and --relaxed-kl are options of --estimator concrete")
+    try:
+        _config(args)  # the combinations TrainConfig refuses, as argparse errors
+    except ValueError as error:
+        parser.error(str(error))
     return args
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        estimator=args.estimator,
+        epochs=args.epochs,
+        num_latents=args.latents,
+        num_classes=args.classes,
+        seed=args.seed,
+        initial_temperature=args.temperature,
+        min_temperature=args.min_temperature,
+        anneal_rate=args.anneal_rate,
+        prior_temperature=args.prior_temperature,
+        relaxed_kl=args.relaxed_kl,
+        kl_warmup_epochs=args.kl_warmup_epochs,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> DemoResult:
@@ -164,18 +190,7 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
         True
     """
     args = parse_args(argv)
-    config = TrainConfig(
-        estimator=args.estimator,
-        epochs=args.epochs,
-        num_latents=args.latents,
-        num_classes=args.classes,
-        seed=args.seed,
-        initial_temperature=args.temperature,
-        min_temperature=args.min_temperature,
-        prior_temperature=args.prior_temperature,
-        relaxed_kl=args.relaxed_kl,
-        kl_warmup_epochs=args.kl_warmup_epochs,
-    )
+    config = _config(args)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -191,13 +206,13 @@ def console_main() -> None:
 
 def _describe(config: TrainConfig) -> str:
     """The guide and loss of a run, in words."""
+    warmup = f", KL warm-up {config.kl_warmup_epochs} epochs" if config.kl_warmup_epochs else ""
     if config.estimator != "concrete":
-        return f"guide: {_GUIDES[config.estimator]}"
+        return f"guide: {_GUIDES[config.estimator]}{warmup}"
     loss = "Trace_ELBO (KL by one sample, in log space)"
     if config.relaxed_kl == "exact":
         loss = "TraceMeanField_ELBO (exact KL of the ExpConcretes)"
     prior = config.model_prior_temperature()
-    warmup = f", KL warm-up {config.kl_warmup_epochs} epochs" if config.kl_warmup_epochs else ""
     return f"model and guide: {_GUIDES['concrete']}, prior temperature {prior:g}; loss: {loss}{warmup}"
 
 

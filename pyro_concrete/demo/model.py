@@ -112,7 +112,8 @@ class CategoricalVAE(nn.Module):
         rao_samples (int): conditional noise draws of ``"gumbel_rao"``.
         prior_temperature (float, optional): temperature of the relaxed prior of
             ``"concrete"`` (default: Maddison et al.'s for ``num_classes``,
-            :func:`maddison_temperatures`); ``None`` for the other estimators.
+            :func:`maddison_temperatures`, or with ``relaxed_kl="exact"`` the guide's
+            ``temperature``); ``None`` for the other estimators.
         relaxed_kl (str): the KL term of ``"concrete"``: ``"mc"`` (one sample, in log space)
             or ``"exact"`` (needs ``prior_temperature`` equal to the guide's temperature,
             which then is not annealed below it).
@@ -154,8 +155,9 @@ class CategoricalVAE(nn.Module):
         self.kl_scale = 1.0  # weight of the latent site's terms (KL warm-up), set between steps
         self.rao_samples = check_int("rao_samples", rao_samples, minimum=1)
         if estimator == "concrete":
-            if prior_temperature is None:
-                prior_temperature = maddison_temperatures(num_classes)[1]
+            if prior_temperature is None:  # the exact KL needs the guide's
+                exact = relaxed_kl == "exact"
+                prior_temperature = self.temperature if exact else maddison_temperatures(num_classes)[1]
             prior_temperature = check_positive_float("prior_temperature", prior_temperature)
         elif prior_temperature is not None:
             raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {estimator!r}")

@@ -86,6 +86,11 @@ class TrainConfig:
         self.anneal_every = check_int("anneal_every", self.anneal_every, minimum=1)
         self.eval_particles = check_int("eval_particles", self.eval_particles, minimum=1)
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, minimum=0)
+        if self.estimator != "concrete" and self.prior_temperature is not None:
+            raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {self.estimator!r}")
+        if self.estimator != "concrete" and self.relaxed_kl != "mc":
+            raise ValueError(f"relaxed_kl='exact' is for estimator 'concrete' only, not {self.estimator!r}")
+        self.model_prior_temperature()  # an exact KL's temperatures, checked now
 
     def schedule(self) -> ExponentialDecay:
         """The temperature schedule of this run."""
@@ -134,6 +139,7 @@ class TrainResult:
     objective: float = math.nan  # held-out, the training loss (each method's own objective)
     losses: list[float] = field(default_factory=list)  # training loss of each step
     temperatures: list[float] = field(default_factory=list)  # temperature of each step
+    kl_scales: list[float] = field(default_factory=list)  # weight of the KL term at each step
     epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch
 
     @property
@@ -222,6 +228,7 @@ def train_vae(
             step_loss = svi.step(batch) / batch.shape[0]
             result.losses.append(step_loss)
             result.temperatures.append(vae.temperature)
+            result.kl_scales.append(vae.kl_scale)
             epoch_loss += step_loss * batch.shape[0]
             schedule.step()
         result.epoch_seconds.append(time.perf_counter() - start)

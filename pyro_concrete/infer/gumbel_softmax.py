@@ -34,6 +34,7 @@ from torch.distributions import (
     RelaxedBernoulli,
     RelaxedOneHotCategorical,
 )
+from torch.distributions.relaxed_bernoulli import LogitRelaxedBernoulli
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 
 from .. import _sites
@@ -49,7 +50,7 @@ from ..distributions import (
 __all__ = ["GumbelSoftmax_ELBO"]
 
 _CATEGORICAL = (Concrete, ExpConcrete, RelaxedOneHotCategorical, ExpRelaxedCategorical)
-_BINARY = (BinaryConcrete, LogitBinaryConcrete, RelaxedBernoulli)
+_BINARY = (BinaryConcrete, LogitBinaryConcrete, RelaxedBernoulli, LogitRelaxedBernoulli)
 
 
 def _discrete_twin(base: Distribution) -> Distribution:
@@ -70,12 +71,16 @@ class GumbelSoftmax_ELBO(TraceMeanField_ELBO):
     At every latent site whose guide distribution is a relaxed one (:class:`~pyro_concrete.
     Concrete`, :class:`~pyro_concrete.ExpConcrete`, :class:`~pyro_concrete.BinaryConcrete`,
     :class:`~pyro_concrete.LogitBinaryConcrete` or torch's ``RelaxedOneHotCategorical``,
-    ``ExpRelaxedCategorical``, ``RelaxedBernoulli``, inside any ``to_event`` / ``mask`` /
-    ``expand``), the KL term is ``KL(Cat(q) || Cat(p))`` (``Bernoulli`` for the binary
-    classes) of the guide's and the model's logits, exactly, masks included. The model's site
-    must be relaxed too, or the discrete distribution itself (``OneHotCategorical``,
-    ``Bernoulli``, or a straight-through class). The likelihood reads the relaxed sample
-    unchanged. Every other site is scored as ``TraceMeanField_ELBO`` scores it.
+    ``ExpRelaxedCategorical``, ``RelaxedBernoulli``, ``LogitRelaxedBernoulli``, inside any
+    ``to_event`` / ``mask`` / ``expand``), the KL term is ``KL(Cat(q) || Cat(p))``
+    (``Bernoulli`` for the binary classes) of the guide's and the model's logits, exactly,
+    masks included. The model's site must be relaxed too, in the same space (a model written
+    with discrete sites is relaxed, unchanged, by
+    :class:`~pyro_concrete.infer.AutoRelaxReparam` ``("relaxed")``). A discrete model site
+    (``OneHotCategorical``, ``Bernoulli``) works only with validation off: with it on, Pyro
+    rejects the relaxed value at the discrete site before this loss sees it. The likelihood
+    reads the relaxed sample unchanged. Every other site is scored as ``TraceMeanField_ELBO``
+    scores it.
 
     Raises:
         TypeError: at a relaxed guide site whose model site is neither relaxed nor discrete
@@ -128,7 +133,7 @@ _SPACES = (
     ((Concrete, RelaxedOneHotCategorical, ConcreteStraightThrough, OneHotCategorical), "on the simplex"),
     ((ExpConcrete, ExpRelaxedCategorical), "logarithms of points of the simplex"),
     ((BinaryConcrete, RelaxedBernoulli, BinaryConcreteStraightThrough, Bernoulli), "in [0, 1]"),
-    ((LogitBinaryConcrete,), "logits of points of [0, 1]"),
+    ((LogitBinaryConcrete, LogitRelaxedBernoulli), "logits of points of [0, 1]"),
 )
 
 
