@@ -15,9 +15,10 @@ Five ways to train it (``estimator``):
   with that estimator: exact one-hot values scored with the exact discrete ``log_prob``,
   ``TraceMeanField_ELBO`` with the exact categorical KL. The training loss is an honest
   estimate of the negative ELBO of the discrete model.
-- ``"gumbel_softmax"``: Jang et al. 2017's Gumbel-Softmax VAE. The decoder reads the relaxed
-  sample of :class:`~pyro_concrete.Concrete` at the (annealed) temperature; the KL term is
-  the categorical KL of the encoder's probabilities to the prior
+- ``"gumbel_softmax"``: Jang et al. 2017's Gumbel-Softmax VAE. The discrete model, relaxed
+  without rewriting it (:class:`~pyro_concrete.infer.RelaxReparam`): the decoder reads the
+  relaxed sample of :class:`~pyro_concrete.Concrete` at the (annealed) temperature; the KL
+  term is the categorical KL of the encoder's probabilities to the prior
   (:class:`~pyro_concrete.infer.GumbelSoftmax_ELBO`).
 - ``"concrete"``: Maddison et al. 2017's relaxed model. Prior and guide are
   :class:`~pyro_concrete.ExpConcrete` (the log-space form) at their own temperatures
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 from .._checks import check_int, check_positive_float
 from ..distributions import Concrete, ConcreteStraightThrough, ExpConcrete
 from ..infer.gumbel_softmax import GumbelSoftmax_ELBO
+from ..infer.reparam import RelaxReparam
 
 __all__ = [
     "ESTIMATORS",
@@ -199,29 +201,35 @@ class CategoricalVAE(nn.Module):
 
     def model(self, x: Tensor) -> None:
         """The generative model: discrete for the straight-through estimators, relaxed
-        (``Concrete`` for ``"gumbel_softmax"``, ``ExpConcrete`` for ``"concrete"``) otherwise."""
-        pyro.module("decoder", self.decoder)
-        logits = self._prior_logits(x)
-        with pyro.plate("data", x.shape[0]):
-            if self.estimator == "concrete":
-                assert self.prior_temperature is not None
-                prior = ExpConcrete(self.prior_temperature, logits=logits).to_event(1)
-            elif self.estimator == "gumbel_softmax":
-                prior = Concrete(self.temperature, logits=logits).to_event(1)
-            else:
-                prior = dist.OneHotCategorical(logits=logits).to_event(1)
-            with poutine.scale(scale=self.kl_scale):
-                z = pyro.sample("z", prior)
-            if self.estimator == "concrete":
-                z = z.exp()
-            pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
+        (``Concrete`` for ``"gumbel_softmax"``, ``ExpConcrete`` for ``"concrete"``) otherwise.
+
+        The Gumbel-Softmax VAE's model is the discrete one, relaxed without rewriting it:
+        :class:`~pyro_concrete.infer.RelaxReparam` makes its ``OneHotCategorical`` site a
+        ``Concrete`` one at the guide's temperature.
+        """
+        if self.estimator == "gumbel_softmax":
+            relax = RelaxReparam(self.temperature)
+            poutine.reparam(self._model, config={"z": relax})(x, False, self.kl_scale)
+        else:
+            self._model(x, self.estimator == "concrete", self.kl_scale)
 
     def discrete_model(self, x: Tensor) -> None:
         """The discrete generative model, whatever the estimator."""
+        self._model(x, False, 1.0)
+
+    def _model(self, x: Tensor, log_space: bool, kl_scale: float) -> None:
         pyro.module("decoder", self.decoder)
         logits = self._prior_logits(x)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.OneHotCategorical(logits=logits).to_event(1))
+            if log_space:
+                assert self.prior_temperature is not None
+                prior = ExpConcrete(self.prior_temperature, logits=logits).to_event(1)
+            else:
+                prior = dist.OneHotCategorical(logits=logits).to_event(1)
+            with poutine.scale(scale=kl_scale):
+                z = pyro.sample("z", prior)
+            if log_space:
+                z = z.exp()
             pyro.sample("x", dist.Bernoulli(logits=self.decode(z)).to_event(1), obs=x)
 
     def latent_distribution(self, logits: Tensor) -> dist.TorchDistribution:

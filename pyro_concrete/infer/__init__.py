@@ -8,6 +8,10 @@
   pairs it with a continuous autoguide;
 - :mod:`.gumbel_softmax`: :class:`GumbelSoftmax_ELBO`, Jang et al. 2017's objective for
   relaxed models (the relaxed sample into the likelihood, the discrete KL term);
+- :mod:`.reparam`: reparameterisers for ``poutine.reparam`` that relax a discrete model
+  without rewriting it (:class:`StraightThroughReparam`, :class:`RelaxReparam`, the strategy
+  :class:`AutoRelaxReparam`), and :class:`ConcreteGumbelReparam`, the Gumbel
+  reparameterisation of this package's relaxed classes;
 - :mod:`.checks`: :func:`check_guide`, a pre-flight check for guide/model pairings that
   would give a wrong ELBO silently (a relaxed guide for a discrete site, Pyro issue 2628);
 - :mod:`.scoring`: :func:`differentiable_one_hot`, a model handler that lets
@@ -22,6 +26,7 @@ the private ``_sites`` module, with the unwrapping of Pyro's ``Independent`` /
 from .autoguide import AutoConcrete, auto_concrete_guide, is_concrete_site
 from .checks import check_guide
 from .gumbel_softmax import GumbelSoftmax_ELBO
+from .reparam import AutoRelaxReparam, ConcreteGumbelReparam, RelaxReparam, StraightThroughReparam
 from .schedules import (
     ConstantTemperature,
     CosineDecay,
@@ -34,12 +39,16 @@ from .scoring import DifferentiableOneHotMessenger, differentiable_one_hot
 
 __all__ = [
     "AutoConcrete",
+    "AutoRelaxReparam",
+    "ConcreteGumbelReparam",
     "ConstantTemperature",
     "CosineDecay",
     "DifferentiableOneHotMessenger",
     "ExponentialDecay",
     "GumbelSoftmax_ELBO",
     "LinearDecay",
+    "RelaxReparam",
+    "StraightThroughReparam",
     "TemperatureSchedule",
     "auto_concrete_guide",
     "check_guide",
