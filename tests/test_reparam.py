@@ -386,3 +386,83 @@ def test_the_demo_relaxes_its_discrete_model_unchanged():
     vae = CategoricalVAE(num_pixels=4, num_latents=2, num_classes=3, estimator="gumbel_softmax", hidden=(3,))
     fn = site(vae.model, "z", torch.zeros(2, 4))["fn"]
     assert isinstance(fn.base_dist, Concrete) and fn.base_dist.temperature.flatten()[0].item() == 1.0
+
+
+@pytest.mark.parametrize("cls", RELAXED_CLASSES)
+@pytest.mark.parametrize("init", ["feasible", "uniform"])
+def test_gumbel_reparam_initial_values_off_the_support_fall_back(cls, init):
+    """init_to_feasible / init_to_uniform put mass on masked categories (or strictly inside
+    (0, 1) at a certain outcome): no noise reaches such a value, so the site takes the value
+    its noise reaches, on the support (Pyro warns only when the value was a custom one)."""
+    from pyro.infer.autoguide.initialization import init_to_feasible, init_to_uniform
+
+    binary = cls in (BinaryConcrete, LogitBinaryConcrete)
+    logits = torch.tensor([0.3, torch.inf, 1.0]) if binary else torch.tensor([0.3, -torch.inf, 1.0])
+
+    def model():
+        return pyro.sample("x", relaxed_site(cls, logits))
+
+    init_fn = init_to_feasible if init == "feasible" else init_to_uniform
+    reparam_model = poutine.reparam(model, {"x": ConcreteGumbelReparam()})
+    value = poutine.trace(InitMessenger(init_fn)(reparam_model)).get_trace().nodes["x"]["value"]
+    direct = relaxed_site(cls, logits)
+    if cls is Concrete:
+        assert value[1] == 0 and torch.isclose(value.sum(), torch.tensor(1.0))
+    elif cls is ExpConcrete:
+        assert value[1] == -torch.inf
+    elif cls is BinaryConcrete:
+        assert value[1] == 1.0
+    else:
+        assert value[1] == torch.inf
+    assert torch.isfinite(direct.log_prob(value))
+    # a custom initial value off the support: the same, and Pyro says so
+    off_support = torch.full((3,), 0.5 if binary else 1 / 3)
+    off_support = torch.logit(off_support) if cls is LogitBinaryConcrete else off_support
+    off_support = off_support.log() if cls is ExpConcrete else off_support
+    custom = InitMessenger(init_to_value(values={"x": off_support}))(reparam_model)
+    with pytest.warns(RuntimeWarning, match="does not commute with initialization"):
+        assert torch.isfinite(direct.log_prob(poutine.trace(custom).get_trace().nodes["x"]["value"]))
+
+
+def test_reparameterisers_rebuild_their_own_sites_with_their_settings():
+    def model():
+        return pyro.sample("z", ConcreteStraightThrough(0.5, logits=torch.tensor([0.0, 1.0]), estimator="st"))
+
+    fn = site(poutine.reparam(model, {"z": StraightThroughReparam(2.0, estimator="reinmax")}), "z")["fn"]
+    assert fn.estimator == "reinmax" and fn.temperature.item() == 2.0
+    assert torch.allclose(fn.logits.log_softmax(-1), torch.tensor([0.0, 1.0]).log_softmax(-1))
+    relaxed = poutine.reparam(
+        lambda: pyro.sample("c", Concrete(1.0, logits=torch.zeros(3))), {"c": RelaxReparam(0.3)}
+    )
+    assert site(relaxed, "c")["fn"].temperature.item() == pytest.approx(0.3)
+    # the strategy's default temperature is each reparameteriser's own
+    strategy = AutoRelaxReparam("relaxed")
+    assert site(strategy(categorical_model_one_hot), "z")["fn"].temperature.item() == 0.5
+
+
+def test_enumerated_sites_keep_their_enumeration():
+    def model():
+        c = pyro.sample("c", dist.OneHotCategorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"})
+        z = pyro.sample("z", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Normal(c[..., 0] + z, 1.0), obs=torch.tensor(0.0))
+
+    def guide():
+        pyro.sample("z", BinaryConcreteStraightThrough(1.0, probs=torch.tensor(0.5)))
+
+    elbo = TraceEnum_ELBO(max_plate_nesting=0)
+    model_trace, _ = next(elbo._get_traces(AutoRelaxReparam()(model), guide, (), {}))
+    c = model_trace.nodes["c"]
+    assert isinstance(c["fn"], dist.OneHotCategorical) and c["infer"]["enumerate"] == "parallel"
+    assert c["value"].shape == (2, 2)  # both values, along an enumeration dimension
+    assert isinstance(model_trace.nodes["z"]["fn"], BinaryConcreteStraightThrough)
+
+
+def test_one_hot_initial_values_of_categorical_sites_are_accepted():
+    def model():
+        return pyro.sample("z", dist.Categorical(probs=torch.tensor([0.2, 0.3, 0.5])))
+
+    reparam_model = poutine.reparam(model, {"z": StraightThroughReparam(one_hot_categorical=True)})
+    one_hot = torch.tensor([0.0, 1.0, 0.0])
+    with pyro.validation_enabled(False):  # Pyro checks the value against the original Categorical
+        value = InitMessenger(init_to_value(values={"z": one_hot}))(reparam_model)()
+    assert torch.equal(value, one_hot)

@@ -25,7 +25,11 @@ module brings the relaxations of this package into it (the request of Pyro issue
   first two to every latent discrete site of a model.
 
 Observed sites are left alone, and so are sites marked for enumeration
-(``infer={"enumerate": ...}``) by the strategy: those belong to ``TraceEnum_ELBO``.
+(``infer={"enumerate": ...}``) by the strategy: those belong to ``TraceEnum_ELBO``. Handlers
+that observe or mark sites must therefore see the site first: apply ``poutine.condition``,
+``config_enumerate`` and the like to the model *inside* the reparameteriser,
+``AutoRelaxReparam()(poutine.condition(model, data))``; wrapped the other way round, the
+reparameteriser runs first and relaxes a site that is about to be observed or enumerated.
 
 Integer ``Categorical`` sites: a gradient cannot pass through an integer index, so neither
 relaxation can keep the value an integer. With ``one_hot_categorical=True`` the site is relaxed
@@ -118,8 +122,8 @@ class _DiscreteRelaxation(Reparam):
         )
 
     def _replace(self, name: str, base: Distribution) -> Distribution:
-        if isinstance(base, self._results):
-            return base  # already relaxed this way: applying twice changes nothing
+        if isinstance(base, self._results):  # relaxed this way already: rebuilt with these settings
+            return self._build(isinstance(base, self._results[1]), base)
         one_hot = isinstance(base, OneHotCategorical)
         if one_hot or (isinstance(base, Categorical) and self.one_hot_categorical):
             return self._build(False, base)
@@ -150,11 +154,11 @@ class _DiscreteRelaxation(Reparam):
         base = _sites.unwrap(fn)[0]
         new_fn = _sites.map_base(fn, lambda b: self._replace(name, b))
         value = msg["value"]
-        if value is not None and isinstance(base, Categorical):
+        if value is not None and isinstance(base, Categorical) and value.shape == fn.shape():
             raise ValueError(
                 f"{type(self).__name__}: site {name!r} already has an integer value (from an "
                 "initialisation), which its one-hot form cannot take: initialise it with a one-hot "
-                "vector through a handler inside poutine.reparam, or not at all"
+                "vector, or not at all"
             )
         return {"fn": cast(TorchDistributionMixin, new_fn), "value": value, "is_observed": False}
 
@@ -165,7 +169,8 @@ class StraightThroughReparam(_DiscreteRelaxation):
     ``OneHotCategorical`` becomes :class:`~pyro_concrete.ConcreteStraightThrough`,
     ``Bernoulli`` :class:`~pyro_concrete.BinaryConcreteStraightThrough`, with the same
     probabilities (given probs are read exactly, zeros included) and validation setting,
-    inside the same wrappers. Values are the same exact one-hot vectors or 0/1 values, and
+    inside the same wrappers (a site that already is straight-through is rebuilt with this
+    reparameteriser's temperature and estimator). Values are the same exact one-hot vectors or 0/1 values, and
     ``log_prob`` is the exact discrete one, linear in the value: a straight-through guide's
     gradient reaches the model's prior term under ``Trace_ELBO`` (where torch's
     ``OneHotCategorical.log_prob`` scores ``argmax`` and passes none), and the registered
@@ -270,8 +275,14 @@ class ConcreteGumbelReparam(Reparam):
     event: the softmax forgets a common shift.)
 
     A value given to the site (an initialisation) is inverted to noise: ``G = τ y - logits``
-    (the shift of least norm is not needed: any pre-image gives the same value), with ``0`` at
-    masked categories. Observed sites are left alone.
+    (any pre-image gives the same value), with ``0`` at masked categories. A value off the
+    support (mass on a masked category, or strictly inside ``(0, 1)`` where an outcome is
+    certain, as ``init_to_feasible`` gives) has no pre-image: the site then takes the value its
+    noise reaches (Pyro warns that the initialisation fell back when the value was a custom
+    one, from ``init_to_value``). Observed sites are left
+    alone. The model must be written with the relaxed classes: a discrete site relaxed by
+    :class:`RelaxReparam` cannot go on to ``AutoNormal`` or NUTS, whose initialisation Pyro
+    runs on the original, discrete site (and refuses).
 
     Example::
 
@@ -293,7 +304,7 @@ class ConcreteGumbelReparam(Reparam):
         if isinstance(base, (Concrete, ExpConcrete)):
             suffix, noise_base = "gumbel", dist.Gumbel
         elif isinstance(base, (BinaryConcrete, LogitBinaryConcrete)):
-            suffix, noise_base = "logistic", _standard_logistic
+            suffix, noise_base = "logistic", dist.Logistic
         else:
             raise TypeError(
                 f"ConcreteGumbelReparam: site {name!r} has a {type(base).__name__}; it reparameterises "
@@ -312,18 +323,16 @@ class ConcreteGumbelReparam(Reparam):
         noise_fn = cast(TorchDistributionMixin, _sites.map_base(fn, noise_distribution))
         noise_value = None if value is None else _noise_of_value(base, value.expand(fn.shape()))
         noise = pyro.sample(f"{name}_{suffix}", noise_fn, obs=noise_value, infer={"is_observed": False})
-        if value is None:
-            value = _value_of_noise(base, noise)
+        reached = _value_of_noise(base, noise)
+        # An initial value off the distribution's support (at masked categories, or strictly
+        # inside (0, 1) where an outcome is certain, as init_to_feasible gives) has no pre-image:
+        # the site takes the value its noise reaches (Pyro warns about a custom initial value
+        # it replaces). A value on the support is kept as given.
+        if value is None or not torch.allclose(reached, value.expand(fn.shape()), rtol=1e-4, atol=1e-6):
+            value = reached
         # a pyro.deterministic site: the value, its log-density 0
         deterministic = dist.Delta(value, event_dim=fn.event_dim).mask(False)
         return {"fn": deterministic, "value": value, "is_observed": True}
-
-
-def _standard_logistic(loc: torch.Tensor, scale: torch.Tensor) -> dist.TorchDistribution:
-    """Logistic(loc, scale) as a Pyro distribution: the sigmoid's inverse of a uniform."""
-    uniform = dist.Uniform(torch.zeros_like(loc), torch.ones_like(loc))
-    transforms = [dist.transforms.SigmoidTransform().inv, dist.transforms.AffineTransform(loc, scale)]
-    return dist.TransformedDistribution(uniform, transforms)
 
 
 def _value_of_noise(
@@ -377,7 +386,9 @@ class AutoRelaxReparam(Strategy):
     Args:
         relaxation (str): ``"straight_through"`` (the discrete model, scored differentiably)
             or ``"relaxed"`` (the relaxed model).
-        temperature (float, Tensor or TemperatureSchedule): the relaxation's temperature.
+        temperature (float, Tensor or TemperatureSchedule, optional): the relaxation's
+            temperature (default: that of :class:`StraightThroughReparam`, 1, or of
+            :class:`RelaxReparam`, 0.5).
         estimator (str): the straight-through estimator of the sites' own ``rsample``.
         rao_samples (int): conditional draws of ``"gumbel_rao"``.
         one_hot_categorical (bool): relax integer ``Categorical`` sites through their one-hot
@@ -400,7 +411,7 @@ class AutoRelaxReparam(Strategy):
     def __init__(
         self,
         relaxation: str = "straight_through",
-        temperature: float | torch.Tensor | TemperatureSchedule = 1.0,
+        temperature: float | torch.Tensor | TemperatureSchedule | None = None,
         estimator: str = "st",
         rao_samples: int = 10,
         one_hot_categorical: bool = False,
@@ -409,10 +420,9 @@ class AutoRelaxReparam(Strategy):
         if relaxation not in RELAXATIONS:
             raise ValueError(f"relaxation must be one of {RELAXATIONS}, got {relaxation!r}")
         self.relaxation = relaxation
-        self.settings: dict[str, Any] = {
-            "temperature": temperature,
-            "one_hot_categorical": one_hot_categorical,
-        }
+        self.settings: dict[str, Any] = {"one_hot_categorical": one_hot_categorical}
+        if temperature is not None:
+            self.settings["temperature"] = temperature
         if relaxation == "straight_through":
             self.settings.update(estimator=estimator, rao_samples=rao_samples)
         self._reparam()  # checks the settings now rather than at the first site
