@@ -170,11 +170,11 @@ class StraightThroughReparam(_DiscreteRelaxation):
     ``Bernoulli`` :class:`~pyro_concrete.BinaryConcreteStraightThrough`, with the same
     probabilities (given probs are read exactly, zeros included) and validation setting,
     inside the same wrappers (a site that already is straight-through is rebuilt with this
-    reparameteriser's temperature and estimator). Values are the same exact one-hot vectors or 0/1 values, and
-    ``log_prob`` is the exact discrete one, linear in the value: a straight-through guide's
-    gradient reaches the model's prior term under ``Trace_ELBO`` (where torch's
-    ``OneHotCategorical.log_prob`` scores ``argmax`` and passes none), and the registered
-    discrete KLs keep ``TraceMeanField_ELBO`` exact.
+    reparameteriser's temperature and estimator). Values are the same exact one-hot vectors or
+    0/1 values, and ``log_prob`` is the exact discrete one, linear in the value: a
+    straight-through guide's gradient reaches the model's prior term under ``Trace_ELBO``
+    (where torch's ``OneHotCategorical.log_prob`` scores ``argmax`` and passes none), and the
+    registered discrete KLs keep ``TraceMeanField_ELBO`` exact.
 
     Args:
         temperature (float, Tensor or TemperatureSchedule): the temperature of the site's own
