@@ -204,7 +204,7 @@ def test_cli_options(capsys):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
         assert info.value.code == 2
-    assert "options of --estimator concrete" in capsys.readouterr().err
+    assert "is for estimator 'concrete' only, not 'st'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # the exact KL needs one temperature
         parse_args(["--estimator", "concrete", "--relaxed-kl", "exact", "--prior-temperature", "0.3"])
     assert info.value.code == 2 and "one fixed temperature" in capsys.readouterr().err

@@ -151,8 +151,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.estimator != "concrete" and (args.prior_temperature is not None or args.relaxed_kl != "mc"):
-        parser.error("--prior-temperature and --relaxed-kl are options of --estimator concrete")
     try:
         _config(args)  # the combinations TrainConfig refuses, as argparse errors
     except ValueError as error:

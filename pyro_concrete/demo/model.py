@@ -57,6 +57,7 @@ __all__ = [
     "MADDISON_TEMPERATURES",
     "RELAXED_KL",
     "CategoricalVAE",
+    "check_training_choice",
     "maddison_temperatures",
 ]
 
@@ -67,6 +68,19 @@ RELAXED_KL = ("mc", "exact")
 # n-ary Concrete VAEs ("We found it valuable to have different values for the prior and
 # posterior"), fixed during training ("No temperature annealing was used").
 MADDISON_TEMPERATURES = {2: (2 / 3, 1 / 2), 4: (1.0, 2 / 3), 8: (2 / 3, 2 / 5)}
+
+
+def check_training_choice(estimator: str, prior_temperature: float | None, relaxed_kl: str) -> None:
+    """``ValueError`` for an unknown ``estimator`` or ``relaxed_kl``, or for the Concrete VAE's
+    options (a prior temperature, the exact KL) given to another estimator."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if relaxed_kl not in RELAXED_KL:
+        raise ValueError(f"relaxed_kl must be one of {RELAXED_KL}, got {relaxed_kl!r}")
+    if estimator != "concrete" and prior_temperature is not None:
+        raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {estimator!r}")
+    if estimator != "concrete" and relaxed_kl != "mc":
+        raise ValueError(f"relaxed_kl='exact' is for estimator 'concrete' only, not {estimator!r}")
 
 
 def maddison_temperatures(num_classes: int) -> tuple[float, float]:
@@ -144,10 +158,7 @@ class CategoricalVAE(nn.Module):
         relaxed_kl: str = "mc",
     ) -> None:
         super().__init__()
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if relaxed_kl not in RELAXED_KL:
-            raise ValueError(f"relaxed_kl must be one of {RELAXED_KL}, got {relaxed_kl!r}")
+        check_training_choice(estimator, prior_temperature, relaxed_kl)
         self.num_pixels = check_int("num_pixels", num_pixels, minimum=1)
         self.num_latents = check_int("num_latents", num_latents, minimum=1)
         self.num_classes = check_int("num_classes", num_classes, minimum=2)
@@ -161,11 +172,7 @@ class CategoricalVAE(nn.Module):
                 exact = relaxed_kl == "exact"
                 prior_temperature = self.temperature if exact else maddison_temperatures(num_classes)[1]
             prior_temperature = check_positive_float("prior_temperature", prior_temperature)
-        elif prior_temperature is not None:
-            raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {estimator!r}")
         self.prior_temperature = prior_temperature
-        if relaxed_kl == "exact" and estimator != "concrete":
-            raise ValueError(f"relaxed_kl='exact' is for estimator 'concrete' only, not {estimator!r}")
         self.relaxed_kl = relaxed_kl
         width = num_latents * num_classes
         self.encoder = _mlp([num_pixels, *hidden, width])

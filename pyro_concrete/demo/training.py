@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_nonnegative_float, check_positive_float
 from ..infer.schedules import ExponentialDecay
-from .model import ESTIMATORS, RELAXED_KL, CategoricalVAE, maddison_temperatures
+from .model import CategoricalVAE, check_training_choice, maddison_temperatures
 
 __all__ = ["TrainConfig", "TrainResult", "independent_pixels_neg_log_lik", "train_vae"]
 
@@ -64,8 +64,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Checks every number (``TypeError`` or ``ValueError`` naming the field)."""
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        check_training_choice(self.estimator, self.prior_temperature, self.relaxed_kl)
         self.epochs = check_int("epochs", self.epochs, minimum=1)
         self.num_latents = check_int("num_latents", self.num_latents, minimum=1)
         self.num_classes = check_int("num_classes", self.num_classes, minimum=2)
@@ -78,18 +77,12 @@ class TrainConfig:
             self.initial_temperature = check_positive_float("initial_temperature", self.initial_temperature)
         if self.prior_temperature is not None:
             self.prior_temperature = check_positive_float("prior_temperature", self.prior_temperature)
-        if self.relaxed_kl not in RELAXED_KL:
-            raise ValueError(f"relaxed_kl must be one of {RELAXED_KL}, got {self.relaxed_kl!r}")
         if self.min_temperature is not None:
             self.min_temperature = check_positive_float("min_temperature", self.min_temperature)
         self.anneal_rate = check_nonnegative_float("anneal_rate", self.anneal_rate)
         self.anneal_every = check_int("anneal_every", self.anneal_every, minimum=1)
         self.eval_particles = check_int("eval_particles", self.eval_particles, minimum=1)
         self.kl_warmup_epochs = check_int("kl_warmup_epochs", self.kl_warmup_epochs, minimum=0)
-        if self.estimator != "concrete" and self.prior_temperature is not None:
-            raise ValueError(f"prior_temperature is for estimator 'concrete' only, not {self.estimator!r}")
-        if self.estimator != "concrete" and self.relaxed_kl != "mc":
-            raise ValueError(f"relaxed_kl='exact' is for estimator 'concrete' only, not {self.estimator!r}")
         self.model_prior_temperature()  # an exact KL's temperatures, checked now
 
     def schedule(self) -> ExponentialDecay:
