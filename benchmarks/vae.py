@@ -237,15 +237,7 @@ def time_method_steps(
             estimator=method.estimator, num_latents=latents, num_classes=classes, **method.settings
         )
         torch.manual_seed(0)
-        vae = method.model_class(
-            num_pixels=train_x.shape[-1],
-            num_latents=latents,
-            num_classes=classes,
-            estimator=method.estimator,
-            temperature=config.schedule().temperature,
-            prior_temperature=config.model_prior_temperature(),
-            relaxed_kl=config.relaxed_kl,
-        )
+        vae = config.build_model(train_x.shape[-1], method.model_class)
         loss = method.loss() if method.loss is not None else vae.training_loss()
         steppers[name] = (vae, loss, True)
     return _interleaved_step_times(steppers, train_x[: TrainConfig.batch_size], repeats, count)

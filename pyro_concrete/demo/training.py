@@ -97,6 +97,22 @@ class TrainConfig:
             initial=initial, rate=self.anneal_rate, minimum=minimum, every=self.anneal_every
         )
 
+    def build_model(
+        self, num_pixels: int, vae_class: Callable[..., CategoricalVAE] = CategoricalVAE
+    ) -> CategoricalVAE:
+        """A fresh model of this run's settings, at the schedule's first temperature."""
+        return vae_class(
+            num_pixels=num_pixels,
+            num_latents=self.num_latents,
+            num_classes=self.num_classes,
+            estimator=self.estimator,
+            temperature=self.schedule().temperature,
+            hidden=self.hidden,
+            rao_samples=self.rao_samples,
+            prior_temperature=self.model_prior_temperature(),
+            relaxed_kl=self.relaxed_kl,
+        )
+
     def model_prior_temperature(self) -> float | None:
         """The relaxed prior's temperature of ``"concrete"`` (``None`` for the others): the one
         given, else the guide's with ``relaxed_kl="exact"`` (the exact KL needs them equal),
@@ -184,17 +200,7 @@ def train_vae(
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     schedule = config.schedule()
-    vae = vae_class(
-        num_pixels=train_x.shape[-1],
-        num_latents=config.num_latents,
-        num_classes=config.num_classes,
-        estimator=config.estimator,
-        temperature=schedule.temperature,
-        hidden=config.hidden,
-        rao_samples=config.rao_samples,
-        prior_temperature=config.model_prior_temperature(),
-        relaxed_kl=config.relaxed_kl,
-    )
+    vae = config.build_model(train_x.shape[-1], vae_class)
     result = TrainResult(config, vae, vae.held_out_neg_elbo(test_x, config.eval_particles))
     optim = PyroOptim(torch.optim.Adam, {"lr": config.learning_rate})  # pyro.optim.Adam, typed
     loss = loss or vae.training_loss()
