@@ -12,8 +12,12 @@ from .distributions import (
     Concrete,
     ConcreteStraightThrough,
     ExpConcrete,
+    GumbelSinkhorn,
+    GumbelSinkhornStraightThrough,
     GumbelSoftmax,
     LogitBinaryConcrete,
+    RelaxedSubset,
+    SubsetStraightThrough,
 )
 
 __version__ = "0.2.0.dev0"
@@ -24,8 +28,12 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "GumbelSinkhorn",
+    "GumbelSinkhornStraightThrough",
     "GumbelSoftmax",
     "LogitBinaryConcrete",
+    "RelaxedSubset",
+    "SubsetStraightThrough",
     "__version__",
     "constraints",
     "infer",

@@ -1,4 +1,5 @@
-"""Constraints of pyro_concrete: the probability simplex and the log-simplex.
+"""Constraints of pyro_concrete: the simplex and the log-simplex, k-hot vectors and the
+k-hypersimplex, permutation, doubly- and column-stochastic matrices.
 
 torch's ``constraints.simplex`` accepts ``|sum(x) - 1| < 1e-6`` whatever the dtype and
 the number of categories ``K``, which rejects correctly rounded float32 points for large
@@ -19,7 +20,18 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-__all__ = ["Pinned", "log_simplex", "positive_finite", "simplex", "sum_tolerance"]
+__all__ = [
+    "KHot",
+    "KHypersimplex",
+    "Pinned",
+    "column_stochastic",
+    "doubly_stochastic",
+    "log_simplex",
+    "permutation_matrix",
+    "positive_finite",
+    "simplex",
+    "sum_tolerance",
+]
 
 
 def sum_tolerance(value: Tensor) -> float:
@@ -90,6 +102,100 @@ class Pinned(constraints.Constraint):
         return ok.flatten(ok.dim() - self.event_dim).all(-1) if self.event_dim else ok
 
 
+class KHypersimplex(constraints.Constraint):
+    """Points of the k-hypersimplex: entries in ``[0, 1]`` that sum to ``k`` within rounding
+    (``k`` times :func:`sum_tolerance`), in the rightmost dimension."""
+
+    event_dim = 1
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        in_range = ((value >= 0) & (value <= 1)).all(-1)
+        return in_range & ((value.sum(-1) - self.k).abs() <= self.k * sum_tolerance(value))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
+
+class KHot(constraints.Constraint):
+    """k-hot vectors: entries exactly ``0`` or ``1``, exactly ``k`` ones, in the rightmost dimension."""
+
+    is_discrete = True
+    event_dim = 1
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        binary = ((value == 0) | (value == 1)).all(-1)
+        return binary & (value.sum(-1) == self.k)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(k={self.k})"
+
+
+class _DoublyStochastic(constraints.Constraint):
+    """``(..., n, n)`` matrices with entries in ``[0, 1]`` whose rows and columns each sum to 1
+    within ``atol`` (the Birkhoff polytope, to the tolerance a finite Sinkhorn iteration
+    reaches). NaN is never in it."""
+
+    event_dim = 2
+
+    def __init__(self, atol: float = 1e-3) -> None:
+        self.atol = atol
+        super().__init__()
+
+    def check(self, value: Tensor) -> Tensor:
+        in_range = ((value >= 0) & (value <= 1)).flatten(-2).all(-1)
+        rows = ((value.sum(-1) - 1).abs() <= self.atol).all(-1)
+        columns = ((value.sum(-2) - 1).abs() <= self.atol).all(-1)
+        return in_range & rows & columns
+
+    def __repr__(self) -> str:
+        return f"DoublyStochastic(atol={self.atol:g})"
+
+
+class _PermutationMatrix(constraints.Constraint):
+    """``(..., n, n)`` permutation matrices: entries exactly 0 or 1, one 1 in each row and
+    each column."""
+
+    is_discrete = True
+    event_dim = 2
+
+    def check(self, value: Tensor) -> Tensor:
+        binary = ((value == 0) | (value == 1)).flatten(-2).all(-1)
+        return binary & (value.sum(-1) == 1).all(-1) & (value.sum(-2) == 1).all(-1)
+
+    def __repr__(self) -> str:
+        return "PermutationMatrix()"
+
+
+doubly_stochastic = _DoublyStochastic()
+permutation_matrix = _PermutationMatrix()
+
+
+class _ColumnStochastic(constraints.Constraint):
+    """``(..., n, n)`` matrices with entries in ``[0, 1]`` whose columns each sum to 1 within
+    rounding (:func:`sum_tolerance`): the samples of a Gumbel-Sinkhorn iteration, which ends
+    with a column normalisation, whatever its rows have converged to."""
+
+    event_dim = 2
+
+    def check(self, value: Tensor) -> Tensor:
+        in_range = ((value >= 0) & (value <= 1)).flatten(-2).all(-1)
+        return in_range & ((value.sum(-2) - 1).abs() <= sum_tolerance(value.transpose(-1, -2))).all(-1)
+
+    def __repr__(self) -> str:
+        return "ColumnStochastic()"
+
+
 simplex = _Simplex()
 log_simplex = _LogSimplex()
 positive_finite = _PositiveFinite()
+doubly_stochastic = _DoublyStochastic()
+column_stochastic = _ColumnStochastic()
+permutation_matrix = _PermutationMatrix()

@@ -33,6 +33,7 @@ class Case:
     event_dim: int  # 1: categorical (event shape (K,)), 0: binary
     kwargs: dict = field(default_factory=dict)
     discrete: bool = False
+    scored: bool = True  # has a log_prob (RelaxedSubset has none: tests/test_subset.py)
 
     def logits(self, batch_shape=(), dtype=torch.float32) -> torch.Tensor:
         return torch.randn(tuple(batch_shape) + self.event_shape, dtype=dtype)
@@ -75,6 +76,8 @@ CASES = [
         )
         for e in ESTIMATORS
     ],
+    Case("RelaxedSubset", pc.RelaxedSubset, 1, {"k": 2}, scored=False),
+    Case("SubsetStraightThrough", pc.SubsetStraightThrough, 1, {"k": 2}, True),
 ]
 
 
@@ -92,7 +95,13 @@ def test_every_class_of_the_package_is_covered():
         for name in pc.__all__
         if isinstance(obj := getattr(pc, name), type) and issubclass(obj, Distribution)
     }
-    assert exported == {c.cls for c in CASES}
+    assert exported == {c.cls for c in CASES} | set(PERMUTATION_CLASSES)
+
+
+def needs_log_prob(case: Case) -> None:
+    """Skips a test of ``log_prob`` for a class that has none (its own tests cover the rest)."""
+    if not case.scored:
+        pytest.skip(f"{case.name} has no log_prob (it raises NotImplementedError; tests/test_subset.py)")
 
 
 def _close(a, b, **kwargs):
@@ -152,6 +161,7 @@ def test_rsample_carries_a_finite_gradient(case):
 
 @pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)])
 def test_batch_log_prob_shapes(case, batch_shape):
+    needs_log_prob(case)
     d = case.make(batch_shape)
     x = d.sample((5,))
     assert d.log_prob(x).shape == (5,) + batch_shape
@@ -167,6 +177,7 @@ def test_batch_log_prob_shapes(case, batch_shape):
 
 def test_copies_of_a_sample_score_like_the_sample(case):
     """No state on the tensor: clones, detached copies and views give the same log_prob."""
+    needs_log_prob(case)
     d = case.make((3,), dtype=torch.float64)
     x = d.rsample((4,))
     lp = d.log_prob(x)
@@ -188,11 +199,18 @@ def test_log_prob_rejects_wrong_shapes(case):
 
 
 def _check_same_distribution(small, large):
-    """``large`` is ``small`` broadcast: equal log_prob on samples of either.
+    """``large`` is ``small`` broadcast: equal log_prob on samples of either (for a class
+    without a density, equal parameters and samples in the support).
 
     Scored as copies, so that both go through the general formula (a float32 sample near
     a boundary is scored more accurately by its own distribution, from its pre-image).
     """
+    if not hasattr(small, "log_prob") or type(small).log_prob is pc.RelaxedSubset.log_prob:
+        base = getattr(large, "base_dist", large)  # Pyro's ExpandedDistribution wraps the class
+        _close(small.logits.expand(base.batch_shape + small.event_shape), base.logits)
+        x = large.rsample()
+        assert x.shape == large.batch_shape + large.event_shape and large.support.check(x).all()
+        return
     x = small.sample().clone()
     _close(small.log_prob(x).expand(large.batch_shape), large.log_prob(x))
     x = large.sample().clone()
@@ -280,6 +298,7 @@ def test_expand_errors(case, initial_shape, proposed_shape, default):
 
 
 def test_to_event(case):
+    needs_log_prob(case)
     d = case.make((2, 3))
     e = d.to_event(1)
     assert e.batch_shape == (2,) and e.event_shape == (3,) + case.event_shape
@@ -295,6 +314,7 @@ def test_to_event(case):
 
 
 def test_mask(case):
+    needs_log_prob(case)
     d = case.make((2, 3))
     mask = torch.tensor([[True, False, True], [False, False, True]])
     m = d.mask(mask)
@@ -307,6 +327,7 @@ def test_mask(case):
 
 
 def test_poutine_scale(case):
+    needs_log_prob(case)
     d = case.make((3,))
 
     def model():
@@ -340,6 +361,7 @@ def test_validation_rejects_bad_logits_and_probs(case):
 
 
 def test_validation_of_values(case):
+    needs_log_prob(case)
     d = case.make((2, 3), validate_args=True)
     with pytest.raises(ValueError):
         d.log_prob(case.invalid_value(d))
@@ -348,6 +370,7 @@ def test_validation_of_values(case):
 
 
 def test_validation_follows_torch_default(case):
+    needs_log_prob(case)
     previous = torch.distributions.Distribution._validate_args
     try:
         torch.distributions.Distribution.set_default_validate_args(False)
@@ -364,6 +387,7 @@ def test_validation_follows_torch_default(case):
 
 
 def test_pickle(case):
+    needs_log_prob(case)
     d = case.make((2, 3), temperature=torch.tensor([0.3, 0.6, 0.9]))
     x = d.rsample()
     e = pickle.loads(pickle.dumps(d))
@@ -379,6 +403,7 @@ def test_pickle(case):
 
 
 def test_deepcopy_and_score_parts(case):
+    needs_log_prob(case)
     d = case.make((2, 3))
     e = copy.deepcopy(d)
     x = e.rsample()
@@ -394,6 +419,7 @@ def test_deepcopy_and_score_parts(case):
 
 
 def test_inference_mode(case):
+    needs_log_prob(case)
     d = case.make((3,))
     with torch.inference_mode():
         x = d.rsample((2,))
@@ -401,6 +427,7 @@ def test_inference_mode(case):
 
 
 def test_float64(case):
+    needs_log_prob(case)
     d = case.make((3,), dtype=torch.float64)
     x = d.rsample((2,))
     assert x.dtype == torch.float64 and d.log_prob(x).dtype == torch.float64
@@ -418,7 +445,7 @@ def test_enumerate_support(case):
         return
     support = d.enumerate_support()
     n = support.shape[0]
-    assert n == (K if case.event_dim else 2)
+    assert n == getattr(d, "num_subsets", K if case.event_dim else 2)
     assert support.shape == (n, 2, 3) + case.event_shape
     assert d.support.check(support).all()
     assert d.enumerate_support(expand=False).shape == (n, 1, 1) + case.event_shape
@@ -430,6 +457,7 @@ def test_enumerate_support(case):
 
 
 def test_plate_with_subsampling(case):
+    needs_log_prob(case)
     full_size, subsample_size = 10, 4
     logits = case.logits((full_size,))
     temperature = torch.tensor(0.5)
@@ -455,6 +483,7 @@ def test_plate_with_subsampling(case):
 
 
 def test_model_and_guide_under_trace_elbo(case):
+    needs_log_prob(case)
     prior_logits = case.logits((3,))
 
     def model():
@@ -475,3 +504,71 @@ def test_model_and_guide_under_trace_elbo(case):
         (grad,) = torch.autograd.grad(Trace_ELBO().differentiable_loss(model, guide), q.unconstrained())
     assert grad.isfinite().all() and (grad != 0).any()
     pyro.clear_param_store()
+
+
+# -- the permutation family: parameterised by (temperature, scores), no log_prob ----------------
+
+PERMUTATION_CLASSES = [pc.GumbelSinkhorn, pc.GumbelSinkhornStraightThrough]
+N = 3  # items of the permutation matrices
+
+
+@pytest.fixture(params=PERMUTATION_CLASSES, ids=[c.__name__ for c in PERMUTATION_CLASSES])
+def permutation_class(request) -> type:
+    return request.param
+
+
+@pytest.mark.parametrize(
+    "scores_batch, temperature_shape, expected_batch",
+    [((), (), ()), ((3,), (2, 3), (2, 3)), ((1, 3), (2, 1), (2, 3))],
+)
+def test_permutation_shapes_and_support(permutation_class, scores_batch, temperature_shape, expected_batch):
+    scores = torch.randn((*scores_batch, N, N))
+    d = permutation_class(torch.full(temperature_shape, 0.7), scores)
+    assert d.batch_shape == expected_batch and d.event_shape == (N, N)
+    assert permutation_class.infer_shapes(temperature=temperature_shape, scores=scores.shape) == (
+        d.batch_shape,
+        d.event_shape,
+    )
+    assert d.support.event_dim == 2 and d.support.is_discrete == (
+        permutation_class is pc.GumbelSinkhornStraightThrough
+    )
+    for sample_shape in [(), (5,), (2, 1)]:
+        for x in (d.sample(sample_shape), d.rsample(sample_shape)):
+            assert x.shape == sample_shape + expected_batch + (N, N)
+            assert d.support.check(x).all()
+    with pytest.raises(NotImplementedError, match="log_prob"):
+        d.log_prob(d.sample())
+
+
+def test_permutation_expand_to_event_mask_pickle(permutation_class):
+    d = permutation_class(0.5, torch.randn(3, N, N), num_iters=7)
+    for large in (d.expand((2, 3)), d.expand_by((2,)), TorchDistribution.expand(d, (2, 3))):
+        assert large.batch_shape == (2, 3) and large.rsample().shape == (2, 3, N, N)
+    own = d.expand((2, 3))
+    assert type(own) is permutation_class and own.num_iters == 7
+    torch.testing.assert_close(own.scores, d.scores.expand(2, 3, N, N))
+    e = d.to_event(1)
+    assert e.batch_shape == () and e.event_shape == (3, N, N) and e.rsample().shape == (3, N, N)
+    assert d.mask(torch.tensor([True, False, True])).rsample().shape == (3, N, N)
+    copy_ = pickle.loads(pickle.dumps(d))
+    assert type(copy_) is permutation_class and torch.equal(copy_.scores, d.scores)
+    assert copy.deepcopy(d).num_iters == 7 and repr(d).startswith(permutation_class.__name__)
+    with pytest.raises(ValueError, match="temperature"):
+        permutation_class(0.0, torch.randn(N, N), validate_args=True)
+    with pytest.raises(ValueError, match="scores"):
+        permutation_class(0.5, torch.full((N, N), float("nan")), validate_args=True)
+
+
+def test_permutation_sites_in_plates_with_subsampling(permutation_class):
+    scores = torch.randn(10, N, N)
+
+    def model():
+        with pyro.plate("data", 10, subsample_size=4) as idx:
+            a = pyro.sample("a", permutation_class(0.5, scores[idx]))
+            b = pyro.sample("b", permutation_class(0.5, torch.randn(N, N)))  # expanded by the plate
+        return a, b
+
+    trace = poutine.trace(model).get_trace()
+    a, b = trace.nodes["_RETURN"]["value"]
+    assert a.shape == b.shape == (4, N, N)
+    assert trace.nodes["b"]["fn"].batch_shape == (4,) and trace.nodes["a"]["scale"] == 2.5

@@ -40,7 +40,16 @@ class Case:
 
     @property
     def straight_through(self) -> bool:
-        return self.cls in (pc.ConcreteStraightThrough, pc.BinaryConcreteStraightThrough)
+        return self.cls in (
+            pc.ConcreteStraightThrough,
+            pc.BinaryConcreteStraightThrough,
+            pc.SubsetStraightThrough,
+        )
+
+    @property
+    def scored(self) -> bool:
+        """Whether the class has a log_prob (RelaxedSubset has none: tests/test_subset.py)."""
+        return self.cls is not pc.RelaxedSubset
 
     @property
     def event_shape(self) -> tuple:
@@ -64,9 +73,17 @@ CASES = [
     Case("LogitBinaryConcrete", pc.LogitBinaryConcrete, 0),
     *[Case(f"ConcreteST-{e}", pc.ConcreteStraightThrough, 1, {"estimator": e}) for e in ops.ESTIMATORS],
     *[Case(f"BinaryST-{e}", pc.BinaryConcreteStraightThrough, 0, {"estimator": e}) for e in ops.ESTIMATORS],
+    Case("RelaxedSubset", pc.RelaxedSubset, 1, {"k": 2}),
+    Case("SubsetST", pc.SubsetStraightThrough, 1, {"k": 2}),
 ]
 RELAXED = [c for c in CASES if not c.straight_through]
 ST = [c for c in CASES if c.straight_through]
+
+
+def needs_log_prob(case: Case) -> None:
+    """Skips a check of ``log_prob`` for a class that has none (its own tests cover the rest)."""
+    if not case.scored:
+        pytest.skip(f"{case.name} has no log_prob: tests/test_subset.py checks its samples' contracts")
 
 
 def _ids(cases):
@@ -87,6 +104,7 @@ def test_every_class_is_covered():
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_log_prob_gradcheck_and_gradgradcheck_at_a_fixed_value(case):
     """In the parameters and the value, float64, with batched gradients (torch's own tests)."""
+    needs_log_prob(case)
     logits = case.logits(requires_grad=True)
     temperature = torch.tensor([0.4, 0.7, 1.3], dtype=F64, requires_grad=True)
     value = case.value(case.make(temperature.detach(), logits.detach()))
@@ -104,6 +122,7 @@ def test_log_prob_gradcheck_and_gradgradcheck_at_a_fixed_value(case):
 @pytest.mark.parametrize("case", RELAXED, ids=_ids(RELAXED))
 def test_gradcheck_along_the_sample_path(case):
     """``log_prob(rsample())`` and the sample itself, with the noise fixed by the seed."""
+    needs_log_prob(case)
     logits = case.logits(requires_grad=True)
     temperature = torch.tensor([0.4, 0.7, 1.3], dtype=F64, requires_grad=True)
 
@@ -241,6 +260,7 @@ def test_st_estimator_differentiates_the_concrete_sample_of_the_same_noise():
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_torch_func_transforms_of_log_prob(case):
+    needs_log_prob(case)
     logits = case.logits()
     tau = torch.tensor(0.6, dtype=F64)
     value = case.value(case.make(tau, logits))
@@ -266,6 +286,7 @@ def test_torch_func_transforms_of_log_prob(case):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_vmap_of_rsample_with_different_randomness(case):
+    needs_log_prob(case)
     logits = case.logits()
 
     def draw(lg):
@@ -298,6 +319,7 @@ def test_jacrev_of_rsample_matches_autograd(case):
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_jit_trace_of_sample_and_log_prob(case):
+    needs_log_prob(case)
     logits = case.logits(dtype=torch.float32)
 
     def f(lg):
@@ -334,6 +356,7 @@ def _model_and_guide(case):
 @pytest.mark.parametrize("elbo", [JitTrace_ELBO, JitTraceMeanField_ELBO, JitTraceGraph_ELBO])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_pyro_jit_elbos_train(case, elbo):
+    needs_log_prob(case)
     pyro.clear_param_store()
     model, guide = _model_and_guide(case)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), elbo(ignore_jit_warnings=True))
@@ -363,6 +386,7 @@ def restore_validation():
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_torch_compile_matches_eager(case, restore_validation):
     """rsample + log_prob compiled (AOT autograd also compiles the backward), against eager."""
+    needs_log_prob(case)
 
     def loss(lg, t):
         d = case.make(t, lg, validate_args=False)
@@ -393,6 +417,7 @@ def test_torch_compile_matches_eager(case, restore_validation):
 @pytest.mark.parametrize("how", ["float", "cpu-scalar", "same-device", "torch-shape"])
 def test_meta_device(case, how):
     """Nothing assumes the CPU: construction, sampling, scoring and backward on ``meta``."""
+    needs_log_prob(case)
     logits = torch.randn((3,) + case.event_shape, device="meta", requires_grad=True)
     temperature = {
         "float": 0.5,
@@ -414,6 +439,7 @@ def test_meta_device(case, how):
 
 @pytest.mark.parametrize("case", RELAXED, ids=_ids(RELAXED))
 def test_cpu_scalar_temperature_with_logits_elsewhere_in_log_prob(case):
+    needs_log_prob(case)
     d = case.make(torch.tensor(0.5, dtype=F64), case.logits().to("meta"))
     assert d.log_prob(d.rsample()).device.type == "meta"
 
@@ -462,6 +488,7 @@ def test_results_do_not_depend_on_earlier_samples(case):
     """The very tensor a distribution sampled, scored while it is the remembered sample and
     again after another rsample (no longer remembered), and a copy: the same value and the
     same gradients (at τ = 0.7 nothing underflows, so the exact pre-image gains nothing)."""
+    needs_log_prob(case)
     logits = case.logits(requires_grad=True)
     d = case.make(0.7, logits)
     first = d.rsample()
@@ -496,6 +523,7 @@ MASKS = {"-inf": -INF, "finfo.min": torch.finfo(F64).min}
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_masked_categories_are_never_drawn_and_everything_stays_finite(case, mask):
+    needs_log_prob(case)
     logits = _masked_logits(case, MASKS[mask])
     tau = torch.tensor(0.3, dtype=F64, requires_grad=True)
     d = case.make(tau, logits)
@@ -580,6 +608,7 @@ def test_float16_straight_through_picks_the_right_category_at_tiny_temperature()
 @pytest.mark.parametrize("temperature", [1e-4, 1e-2, 1.0])
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_every_dtype_gives_samples_in_the_support_and_finite_results(case, dtype, temperature):
+    needs_log_prob(case)
     logits = (torch.randn((64,) + case.event_shape) * 30).to(dtype).requires_grad_()
     d = case.make(temperature, logits)
     x = d.rsample()
@@ -599,6 +628,7 @@ def test_huge_finite_logits(case):
     log-densities at such points exceed float32's range in truth (about ``+1e41``): they are
     ``+inf``, the correctly rounded value, never NaN; the log-space classes stay finite.
     """
+    needs_log_prob(case)
     big = torch.finfo(torch.float32).max / 4
     logits = torch.tensor([[big, -big, 0.0, 1.0]] if case.event_dim else [big, -big, 0.0]).requires_grad_()
     d = case.make(1e-3, logits)
@@ -732,6 +762,7 @@ def test_the_fast_paths_give_the_general_paths_results(case, monkeypatch):
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_vmap_with_validation_on(case):
     """torch's own distributions validate inside vmap; so must ours (no Python bool of a tensor)."""
+    needs_log_prob(case)
     logits = case.logits()
     value = case.value(case.make(0.6, logits))
     batched = torch.func.vmap(lambda lg: case.make(0.6, lg, validate_args=True).log_prob(value))(

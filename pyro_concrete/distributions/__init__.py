@@ -2,7 +2,9 @@
 
 from .binary import BinaryConcrete, LogitBinaryConcrete
 from .concrete import Concrete, ExpConcrete, GumbelSoftmax
+from .permutation import GumbelSinkhorn, GumbelSinkhornStraightThrough
 from .straight_through import BinaryConcreteStraightThrough, ConcreteStraightThrough
+from .subset import RelaxedSubset, SubsetStraightThrough
 
 __all__ = [
     "BinaryConcrete",
@@ -10,6 +12,10 @@ __all__ = [
     "Concrete",
     "ConcreteStraightThrough",
     "ExpConcrete",
+    "GumbelSinkhorn",
+    "GumbelSinkhornStraightThrough",
     "GumbelSoftmax",
     "LogitBinaryConcrete",
+    "RelaxedSubset",
+    "SubsetStraightThrough",
 ]

@@ -38,6 +38,35 @@ def _weighted_log_probs(value: Tensor, log_p: Tensor, ruled_out: Tensor) -> Tens
     return forward + (value - value.detach()) * torch.where(ruled_out | beyond, 0.0, log_p)
 
 
+def straight_through_score_parts(d: TemperedDistribution, value: Tensor) -> ScoreParts:
+    """Pyro's score parts of a straight-through distribution ``d``: pathwise for a value that
+    carries (or needs) no gradient of its own, a score function for a value that has no
+    sample path.
+
+    Pyro treats every value of a reparameterised distribution as carrying its gradient
+    along the sample path (score function 0). That holds for an ``rsample`` of this
+    distribution, but not for a value enumerated by ``TraceEnum_ELBO`` in a guide, which
+    has no sample path: its weight and gradient must come from ``log_prob``, as for a
+    discrete distribution, or guide-side enumeration sums the values instead of
+    weighting them. The rule reads the value alone, never what the distribution sampled
+    before (one instance may serve several sites, or be sampled again for logging):
+
+    - a value with more batch dimensions than the distribution (parallel enumeration,
+      ``enumerate_support()``) is weighted by ``log_prob``;
+    - a value that does not require grad while the parameters do, with gradients being
+      recorded (sequential enumeration, a value given by hand), likewise;
+    - any other value (an ``rsample``, or anything while no gradient is recorded, e.g.
+      ``SVI.evaluate_loss``) is pathwise.
+    """
+    log_prob = d.log_prob(value)
+    enumerated = value.dim() - d._event_dim > len(d.batch_shape)
+    no_path = torch.is_grad_enabled() and not value.requires_grad and d._parameters_require_grad()
+    if enumerated or no_path:
+        return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)  # type: ignore[arg-type]
+    # Pyro reads the number 0 (not a zero Tensor) as "no score function" (is_identically_zero).
+    return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)  # type: ignore[arg-type]
+
+
 class _StraightThroughFamily(TemperedDistribution):
     """The estimator choice shared by both classes (parameters, expand, repr: see the base)."""
 
@@ -68,31 +97,8 @@ class _StraightThroughFamily(TemperedDistribution):
         return [*super()._repr_fields(), f"estimator: {self.estimator!r}", *rao]
 
     def score_parts(self, value: Tensor) -> ScoreParts:
-        """Pyro's score parts: pathwise for a value that carries (or needs) no gradient of its
-        own, a score function for a value that has no sample path.
-
-        Pyro treats every value of a reparameterised distribution as carrying its gradient
-        along the sample path (score function 0). That holds for an ``rsample`` of this
-        distribution, but not for a value enumerated by ``TraceEnum_ELBO`` in a guide, which
-        has no sample path: its weight and gradient must come from ``log_prob``, as for a
-        discrete distribution, or guide-side enumeration sums the values instead of
-        weighting them. The rule reads the value alone, never what the distribution sampled
-        before (one instance may serve several sites, or be sampled again for logging):
-
-        - a value with more batch dimensions than the distribution (parallel enumeration,
-          ``enumerate_support()``) is weighted by ``log_prob``;
-        - a value that does not require grad while the parameters do, with gradients being
-          recorded (sequential enumeration, a value given by hand), likewise;
-        - any other value (an ``rsample``, or anything while no gradient is recorded, e.g.
-          ``SVI.evaluate_loss``) is pathwise.
-        """
-        log_prob = self.log_prob(value)
-        enumerated = value.dim() - self._event_dim > len(self.batch_shape)
-        no_path = torch.is_grad_enabled() and not value.requires_grad and self._parameters_require_grad()
-        if enumerated or no_path:
-            return ScoreParts(log_prob=log_prob, score_function=log_prob, entropy_term=0)  # type: ignore[arg-type]
-        # Pyro reads the number 0 (not a zero Tensor) as "no score function" (is_identically_zero).
-        return ScoreParts(log_prob=log_prob, score_function=0, entropy_term=log_prob)  # type: ignore[arg-type]
+        """Pyro's score parts: see :func:`straight_through_score_parts`."""
+        return straight_through_score_parts(self, value)
 
     def _shape(self, sample_shape) -> torch.Size:
         return self._extended_shape(torch.Size(sample_shape))
