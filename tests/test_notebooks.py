@@ -41,6 +41,7 @@ def test_notebooks_exist():
         "01_concrete_distribution.ipynb",
         "02_discrete_latents_in_pyro.ipynb",
         "03_estimators.ipynb",
+        "04_subsets_and_permutations.ipynb",
     ]
 
 
