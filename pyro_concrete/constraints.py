@@ -174,10 +174,6 @@ class _PermutationMatrix(constraints.Constraint):
         return "PermutationMatrix()"
 
 
-doubly_stochastic = _DoublyStochastic()
-permutation_matrix = _PermutationMatrix()
-
-
 class _ColumnStochastic(constraints.Constraint):
     """``(..., n, n)`` matrices with entries in ``[0, 1]`` whose columns each sum to 1 within
     rounding (:func:`sum_tolerance`): the samples of a Gumbel-Sinkhorn iteration, which ends

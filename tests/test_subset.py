@@ -22,6 +22,7 @@ from scipy import stats
 from torch.autograd import gradcheck, gradgradcheck
 
 from pyro_concrete import RelaxedSubset, SubsetStraightThrough
+from pyro_concrete.constraints import KHypersimplex
 from pyro_concrete.ops import draw_gumbel
 from pyro_concrete.ops.subset import relaxed_top_k, subset_log_prob, top_k_hot
 
@@ -248,3 +249,43 @@ def test_relaxed_subset_sample_contracts():
     assert d.support.check(x).all()
     x.sum().backward()
     assert torch.isfinite(lg.grad).all()
+
+
+@pytest.mark.parametrize("num_items, k", [(64, 8), (64, 16), (64, 32), (64, 48), (200, 100)])
+def test_set_probability_for_large_k_against_uniform_logits(num_items, k):
+    """With equal logits every set has probability 1 / C(K, k): the quadrature's grid must
+    follow the integrand's peak, which narrows as k grows."""
+    logits = torch.full((num_items,), 0.7, dtype=torch.float64)
+    value = k_hot(range(0, 2 * k, 2) if 2 * k <= num_items else range(k), num_items)
+    expected = -math.log(math.comb(num_items, k))
+    assert math.isclose(subset_log_prob(logits, value, k).item(), expected, rel_tol=1e-12)
+
+
+def test_float32_log_prob_gradient_is_the_float64_one():
+    torch.manual_seed(4)
+    for scale in (1.0, 1e2, 1e3):
+        logits = scale * torch.randn(8, dtype=torch.float64)
+        value = k_hot([1, 4, 6], 8)
+        grads = []
+        for dtype in (torch.float32, torch.float64):
+            lg = logits.to(dtype).requires_grad_()
+            (grad,) = torch.autograd.grad(subset_log_prob(lg, value.to(dtype), 3), lg)
+            grads.append(grad.double())
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+
+
+def test_float32_relaxed_samples_are_in_the_support_over_many_seeds():
+    """Sum k to rounding in float32, at every temperature, whatever the scale of the logits."""
+    for seed in range(20):
+        torch.manual_seed(seed)
+        for k in (1, 3):
+            for scale in (1.0, 1e4):
+                for tau in (1e-2, 1e-4):
+                    logits = scale * torch.randn(500, 10)
+                    y = relaxed_top_k(
+                        logits,
+                        torch.tensor(tau),
+                        draw_gumbel(torch.Size([500, 10]), torch.float32, torch.device("cpu")),
+                        k,
+                    )
+                    assert KHypersimplex(k).check(y).all()
