@@ -125,11 +125,14 @@ class SubsetStraightThrough(_SubsetFamily):
     conditioned on the whole top-k set, and ReinMax has no k-hot form.
 
     ``log_prob`` is the exact log-probability of the *set* (the order of the draws summed out),
-    computed from the integral of Kool et al. 2020 by the trapezoid rule on a fixed grid, to
-    float64 rounding for any logits (:func:`~pyro_concrete.ops.subset.subset_log_prob`; the
-    tests compare it with the sum over the ``k!`` orders of the draws); it is linear in
-    neither the value nor the logits, and a value's gradient is not defined (an integer
-    structure). ``enumerate_support`` lists the ``C(K, k)`` subsets.
+    computed from the integral of Kool et al. 2020 by the trapezoid rule in float64 on a
+    grid that depends on ``k`` only, to float64 rounding for any logits
+    (:func:`~pyro_concrete.ops.subset.subset_log_prob`; the tests compare it with the sum
+    over the ``k!`` orders of the draws). It is not
+    differentiable in the value (a set's probability has no natural linear extension to the
+    k-hypersimplex): under ``Trace_ELBO`` a prior term ``log p(z)`` of such a site passes no
+    straight-through gradient to the guide; use it where the KL or score is taken another
+    way. ``enumerate_support`` lists the ``C(K, k)`` subsets.
 
     Args: as :class:`RelaxedSubset`.
 
