@@ -14,10 +14,37 @@ from torch.distributions.utils import lazy_property
 
 from ..parameters import Number, broadcast_shape, concrete_parameters, temperature_batch_shape
 
-__all__ = ["TemperedDistribution"]
+__all__ = ["PackageDistribution", "TemperedDistribution"]
 
 
-class TemperedDistribution(TorchDistribution):
+def temperature_repr(t: Tensor) -> str:
+    """A temperature for a repr: its value when every entry is the same, else its shape."""
+    uniform = t.numel() > 0 and bool((t == t.reshape(-1)[0]).all())
+    return f"{t.reshape(-1)[0].item():g}" if uniform else f"Tensor{tuple(t.shape)}"
+
+
+class PackageDistribution(TorchDistribution):
+    """What every distribution of the package shares, whatever its parameters: validation that
+    follows torch's global default unless set, no value check on the ``meta`` device, and
+    ``sample`` as ``rsample`` without gradient."""
+
+    def _set_validate_args(self, validate_args: bool | None) -> None:
+        if validate_args is None:
+            self.__dict__.pop("_validate_args", None)  # follow torch's global default
+        else:
+            self._validate_args = validate_args
+
+    def _validate_sample(self, value: Tensor) -> None:
+        # A tensor on the meta device has a shape but no values: nothing to check.
+        if value.device.type != "meta":
+            super()._validate_sample(value)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+
+class TemperedDistribution(PackageDistribution):
     """A distribution parameterised by a temperature and exactly one of probs or logits.
 
     The constructor takes torch's and Pyro's argument order,
@@ -61,12 +88,6 @@ class TemperedDistribution(TorchDistribution):
         t_shape = temperature_batch_shape(torch.Size(temperature), shape, cls._event_dim)
         return broadcast_shape(shape[:split], t_shape), shape[split:]
 
-    def _set_validate_args(self, validate_args: bool | None) -> None:
-        if validate_args is None:
-            self.__dict__.pop("_validate_args", None)  # follow torch's global default
-        else:
-            self._validate_args = validate_args
-
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
@@ -78,23 +99,14 @@ class TemperedDistribution(TorchDistribution):
         new._set_validate_args(self.__dict__.get("_validate_args"))
         return new
 
-    def _validate_sample(self, value: Tensor) -> None:
-        # A tensor on the meta device has a shape but no values: nothing to check.
-        if value.device.type != "meta":
-            super()._validate_sample(value)
-
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
     def _parameters_require_grad(self) -> bool:
         return self.logits.requires_grad or self.temperature.requires_grad
 
     def _repr_fields(self) -> list[str]:
-        t = self.temperature
-        uniform = t.numel() > 0 and bool((t == t.reshape(-1)[0]).all())
-        temperature = f"{t.reshape(-1)[0].item():g}" if uniform else f"Tensor{tuple(t.shape)}"
-        return [f"temperature: {temperature}", f"logits: Tensor{tuple(self.logits.shape)}"]
+        return [
+            f"temperature: {temperature_repr(self.temperature)}",
+            f"logits: Tensor{tuple(self.logits.shape)}",
+        ]
 
     def __repr__(self) -> str:
         fields = [*self._repr_fields(), f"batch_shape: {tuple(self.batch_shape)}"]

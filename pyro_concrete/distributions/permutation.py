@@ -27,6 +27,7 @@ from ..parameters import (
     broadcast_shape,
     compute_dtype,
 )
+from ._base import PackageDistribution, temperature_repr
 
 __all__ = ["GumbelSinkhorn", "GumbelSinkhornStraightThrough"]
 
@@ -36,7 +37,7 @@ def _check_scores(scores: Tensor) -> None:
         raise _invalid("scores", scores, "finite")
 
 
-class _PermutationFamily(TorchDistribution):
+class _PermutationFamily(PackageDistribution):
     """Parameters, shapes, expand, noise and repr shared by both classes."""
 
     arg_constraints = {
@@ -84,12 +85,6 @@ class _PermutationFamily(TorchDistribution):
         scores = torch.Size(scores)
         return broadcast_shape(scores[:-2], torch.Size(temperature)), scores[-2:]
 
-    def _set_validate_args(self, validate_args: bool | None) -> None:
-        if validate_args is None:
-            self.__dict__.pop("_validate_args", None)  # follow torch's global default
-        else:
-            self._validate_args = validate_args
-
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(type(self), _instance)
         batch_shape = torch.Size(batch_shape)
@@ -100,24 +95,13 @@ class _PermutationFamily(TorchDistribution):
         new._set_validate_args(self.__dict__.get("_validate_args"))
         return new
 
-    def _validate_sample(self, value: Tensor) -> None:
-        if value.device.type != "meta":  # a meta tensor has no values to check
-            super()._validate_sample(value)
-
     def _noise(self, sample_shape) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         return draw_gumbel(shape, compute_dtype(self.scores.dtype), self.scores.device)
 
-    def sample(self, sample_shape=torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
     def __repr__(self) -> str:
-        t = self.temperature
-        uniform = t.numel() > 0 and bool((t == t.reshape(-1)[0]).all())
-        temperature = f"{t.reshape(-1)[0].item():g}" if uniform else f"Tensor{tuple(t.shape)}"
         fields = [
-            f"temperature: {temperature}",
+            f"temperature: {temperature_repr(self.temperature)}",
             f"scores: Tensor{tuple(self.scores.shape)}",
             f"num_iters: {self.num_iters}",
             f"batch_shape: {tuple(self.batch_shape)}",

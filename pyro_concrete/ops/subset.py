@@ -57,11 +57,6 @@ def top_k_hot(scores: Tensor, k: int) -> Tensor:
     return torch.zeros_like(scores).scatter_(-1, index, 1.0)
 
 
-def _log1mexp(x: Tensor) -> Tensor:
-    """``log(1 - exp(x))`` for ``x < 0``, accurate on both sides of ``-log 2``."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
-
-
 def relaxed_top_k(logits: Tensor, temperature: Tensor, gumbel: Tensor, k: int) -> Tensor:
     """The entropy-regularised top-k of the perturbed logits (see the module docstring).
 
