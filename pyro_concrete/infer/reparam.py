@@ -85,7 +85,6 @@ class _DiscreteRelaxation(Reparam):
     """What the two relaxations of a discrete site share: the temperature and the reading of
     the site's distribution (exact probs, masks, wrappers)."""
 
-    relaxation = ""
     _results: tuple[type, type] = (type(None), type(None))  # what it makes: (categorical, binary)
 
     def __init__(self, temperature: float | torch.Tensor | TemperatureSchedule, one_hot_categorical: bool):
@@ -198,7 +197,6 @@ class StraightThroughReparam(_DiscreteRelaxation):
         'ConcreteStraightThrough'
     """
 
-    relaxation = "straight_through"
     _results = (ConcreteStraightThrough, BinaryConcreteStraightThrough)
 
     def __init__(
@@ -247,7 +245,6 @@ class RelaxReparam(_DiscreteRelaxation):
         True
     """
 
-    relaxation = "relaxed"
     _results = (Concrete, BinaryConcrete)
 
     def __init__(
