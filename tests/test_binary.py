@@ -22,6 +22,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import pyro_concrete
 from pyro_concrete import BinaryConcrete, LogitBinaryConcrete, ops
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 P_MIN = 1e-3  # KS p-value threshold, fixed in advance
 F64 = torch.float64
 
@@ -66,7 +67,7 @@ def ks_pvalue(sample: torch.Tensor, cdf_of_logit) -> float:
     the midpoints' logits give accurately even next to 1. The p-value is the continuous
     one (conservative with ties).
     """
-    x = sample.numpy()
+    x = sample.cpu().numpy()
     u, counts = np.unique(x, return_counts=True)
     up = np.clip(np.nextafter(u, np.array(2, u.dtype)), 0, 1)
     down = np.clip(np.nextafter(u, np.array(-1, u.dtype)), 0, 1)
@@ -92,10 +93,10 @@ def t64(*values):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_draw_logistic_is_standard_logistic(dtype):
     torch.manual_seed(1)
-    noise = ops.draw_logistic(torch.Size([200_000]), dtype, torch.device("cpu"))
+    noise = ops.draw_logistic(torch.Size([200_000]), dtype, DEVICE)
     assert noise.dtype == dtype and noise.shape == (200_000,)
     assert torch.isfinite(noise).all()
-    assert stats.kstest(noise.double().numpy(), stats.logistic.cdf).pvalue > P_MIN
+    assert stats.kstest(noise.double().cpu().numpy(), stats.logistic.cdf).pvalue > P_MIN
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -103,11 +104,11 @@ def test_draw_logistic_never_infinite(dtype, monkeypatch):
     # The uniform draw's extreme values 0 and (where a backend rounds up) 1 stay finite.
     for u in (0.0, 1.0, torch.finfo(dtype).tiny):
         monkeypatch.setattr(torch.Tensor, "uniform_", lambda self, *a, u=u, **k: self.fill_(u))
-        noise = ops.draw_logistic(torch.Size([3]), dtype, torch.device("cpu"))
+        noise = ops.draw_logistic(torch.Size([3]), dtype, DEVICE)
         assert noise.dtype == dtype and torch.isfinite(noise).all(), u
     monkeypatch.undo()
-    a = ops.draw_logistic(torch.Size([4]), dtype, torch.device("cpu"))
-    b = ops.draw_logistic(torch.Size([4]), dtype, torch.device("cpu"))
+    a = ops.draw_logistic(torch.Size([4]), dtype, DEVICE)
+    b = ops.draw_logistic(torch.Size([4]), dtype, DEVICE)
     assert a.data_ptr() != b.data_ptr()  # a fresh buffer every call
 
 
@@ -144,7 +145,7 @@ def test_logit_binary_concrete_ks(theta, tau):
     torch.manual_seed(3)
     y = LogitBinaryConcrete(tau, logits=torch.tensor(theta)).rsample((20_000,))
     cdf = lambda v: special.expit(tau * v - theta)  # noqa: E731
-    assert stats.kstest(y.double().numpy(), cdf).pvalue > P_MIN
+    assert stats.kstest(y.double().cpu().numpy(), cdf).pvalue > P_MIN
 
 
 def test_logit_binary_concrete_moments():
@@ -198,13 +199,13 @@ def test_log_prob_matches_reference_float64(theta, tau):
     y = theta / tau + np.linspace(-40, 40, 33) / tau
     expected = ref_log_density_y(y, theta, tau)
     d = LogitBinaryConcrete(*t64(tau), logits=torch.tensor(theta, dtype=F64))
-    np.testing.assert_allclose(d.log_prob(torch.tensor(y)).numpy(), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d.log_prob(torch.tensor(y)).cpu().numpy(), expected, rtol=1e-9, atol=1e-9)
 
     # BinaryConcrete at the points x that float64 resolves: 1 - x must be representable.
     x = special.expit(y[np.abs(y) < 30])
     expected = ref_log_density_x(np.log(x), np.log1p(-x), theta, tau)
     d = BinaryConcrete(*t64(tau), logits=torch.tensor(theta, dtype=F64))
-    np.testing.assert_allclose(d.log_prob(torch.tensor(x)).numpy(), expected, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(d.log_prob(torch.tensor(x)).cpu().numpy(), expected, rtol=1e-9, atol=1e-6)
 
 
 @pytest.mark.parametrize("tau", [0.05, 0.5, 1.0])
@@ -214,8 +215,8 @@ def test_log_prob_float32_matches_reference(theta, tau):
     d = LogitBinaryConcrete(tau, logits=torch.tensor(theta))
     got = d.log_prob(y32)
     assert got.dtype == torch.float32
-    expected = ref_log_density_y(y32.double().numpy(), theta, tau)
-    np.testing.assert_allclose(got.double().numpy(), expected, rtol=1e-5, atol=1e-4)
+    expected = ref_log_density_y(y32.double().cpu().numpy(), theta, tau)
+    np.testing.assert_allclose(got.double().cpu().numpy(), expected, rtol=1e-5, atol=1e-4)
 
 
 def test_binary_concrete_endpoints_are_finite():
@@ -229,7 +230,7 @@ def test_binary_concrete_endpoints_are_finite():
         eps, smallest = torch.finfo(dtype).eps, torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
         expected = ref_log_density_x([math.log(smallest), math.log1p(-eps / 2)],
                                      [math.log1p(-smallest), math.log(eps / 2)], 0.5, 0.3)  # fmt: skip
-        np.testing.assert_allclose(lp.detach().double().numpy(), expected, rtol=1e-5)
+        np.testing.assert_allclose(lp.detach().double().cpu().numpy(), expected, rtol=1e-5)
 
 
 # -- extreme logits and probs (float32) ---------------------------------------------------
@@ -284,7 +285,7 @@ def test_extreme_logits_float32_finite_and_gradient_not_killed(theta, tau):
 
 def test_sample_gradient_float32_matches_float64_at_extreme_logits():
     # Same noise in both precisions: the sample and log_prob(sample) and their gradients.
-    noise64 = ops.draw_logistic(torch.Size([2000]), F64, torch.device("cpu"))
+    noise64 = ops.draw_logistic(torch.Size([2000]), F64, DEVICE)
     results = {}
     for dtype in (torch.float32, F64):
         logits = torch.tensor([-50.0, 50.0], dtype=dtype, requires_grad=True)
@@ -303,8 +304,9 @@ def test_probs_constructed_float32():
     temperature = torch.tensor(0.1, requires_grad=True)
     for cls in (BinaryConcrete, LogitBinaryConcrete):
         d = cls(temperature, probs=probs)
-        expected = np.log(probs.detach().double().numpy()) - np.log1p(-probs.detach().double().numpy())
-        np.testing.assert_allclose(d.logits.detach().numpy(), expected, rtol=1e-6)
+        p = probs.detach().double().cpu().numpy()
+        expected = np.log(p) - np.log1p(-p)
+        np.testing.assert_allclose(d.logits.detach().cpu().numpy(), expected, rtol=1e-6)
         assert torch.equal(d.probs, probs)
         v = d.rsample((500,))
         lp = d.log_prob(v)
@@ -316,14 +318,14 @@ def test_probs_constructed_float32():
 def test_probs_is_sigmoid_of_logits():
     logits = torch.tensor([-50.0, -1.0, 0.0, 2.0, 50.0])
     d = BinaryConcrete(0.5, logits=logits)
-    torch.testing.assert_close(d.probs, torch.tensor(special.expit(logits.numpy())))
+    torch.testing.assert_close(d.probs, torch.tensor(special.expit(logits.cpu().numpy())))
 
 
 # -- gradients ----------------------------------------------------------------------------
 
 
 def test_sampler_gradcheck():
-    noise = ops.draw_logistic(torch.Size([5, 3]), F64, torch.device("cpu"))
+    noise = ops.draw_logistic(torch.Size([5, 3]), F64, DEVICE)
     logits = torch.tensor([-2.0, 0.3, 4.0], dtype=F64, requires_grad=True)
     temperature = torch.tensor([[0.2], [0.5], [1.0], [2.0], [0.05]], dtype=F64, requires_grad=True)
     f = lambda lg, t: ops.binary_concrete_logit_sample(lg, t, noise)  # noqa: E731
@@ -388,8 +390,8 @@ def test_modified_own_sample_is_scored_from_its_value():
     d = BinaryConcrete(0.5, logits=torch.zeros(3, dtype=F64))
     x = d.rsample()
     x.mul_(0.5)  # an in-place change makes the remembered logit stale
-    expected = ref_log_density_x(np.log(x.numpy()), np.log1p(-x.numpy()), 0.0, 0.5)
-    np.testing.assert_allclose(d.log_prob(x).numpy(), expected, rtol=1e-9)
+    expected = ref_log_density_x(np.log(x.cpu().numpy()), np.log1p(-x.cpu().numpy()), 0.0, 0.5)
+    np.testing.assert_allclose(d.log_prob(x).cpu().numpy(), expected, rtol=1e-9)
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.05, 0.01])
@@ -405,10 +407,10 @@ def test_low_temperature_own_samples_finite_float32(tau):
     g_logits, g_temp = torch.autograd.grad(lp.sum(), (logits, temperature))
     assert torch.isfinite(lp).all() and torch.isfinite(g_logits).all() and torch.isfinite(g_temp).all()
     # Exact: the float64 reference at the sample's logit, y = (θ + L)/τ.
-    y = d._recall(x)
-    expected = ref_log_density_y(y.detach().double().numpy(), logits.detach().double().numpy(), tau)
-    expected += np.logaddexp(0, -y.detach().double().numpy()) + np.logaddexp(0, y.detach().double().numpy())
-    np.testing.assert_allclose(lp.detach().double().numpy(), expected, rtol=1e-5, atol=1e-3)
+    y = d._recall(x).detach().double().cpu().numpy()
+    expected = ref_log_density_y(y, logits.detach().double().cpu().numpy(), tau)
+    expected += np.logaddexp(0, -y) + np.logaddexp(0, y)
+    np.testing.assert_allclose(lp.detach().double().cpu().numpy(), expected, rtol=1e-5, atol=1e-3)
 
     d = LogitBinaryConcrete(temperature, logits=logits)
     y = d.rsample()

@@ -127,19 +127,19 @@ def _assert_matches(library, ref):
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 3.0])
 def test_log_prob_matches_float64_reference(num_categories, temperature):
     logits = torch.randn(num_categories, dtype=torch.float64) * 2
-    theta = logits.numpy()
+    theta = logits.cpu().numpy()
     for cls, ref in (
         (Concrete, reference.concrete_log_density),
         (ExpConcrete, reference.exp_concrete_log_density),
     ):
         d = cls(temperature, logits=logits)
         own = d.rsample((50,))
-        expected = [ref(v, theta, temperature) for v in own.numpy()]
+        expected = [ref(v, theta, temperature) for v in own.cpu().numpy()]
         _assert_matches(d.log_prob(own), expected)  # the own-sample (closed-form) route
         _assert_matches(d.log_prob(own.clone()), expected)  # the general formula
         # a sample of another distribution of the family
         other = cls(2.0 * temperature, logits=torch.randn(num_categories, dtype=torch.float64)).sample((50,))
-        _assert_matches(d.log_prob(other), [ref(v, theta, temperature) for v in other.numpy()])
+        _assert_matches(d.log_prob(other), [ref(v, theta, temperature) for v in other.cpu().numpy()])
 
 
 def test_log_prob_depends_on_logits_only_up_to_a_constant():
@@ -173,7 +173,7 @@ def test_modified_sample_is_not_scored_as_the_own_sample():
     d = Concrete(0.5, logits=LOGITS_3)
     x = d.sample()
     x.copy_(torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64))  # in place: version changes
-    expected = reference.concrete_log_density(x.numpy(), LOGITS_3.numpy(), 0.5)
+    expected = reference.concrete_log_density(x.cpu().numpy(), LOGITS_3.cpu().numpy(), 0.5)
     assert abs(d.log_prob(x).item() - expected) < 1e-9
 
 

@@ -22,9 +22,9 @@ def test_argmax_is_categorical(num_categories, temperature, dtype):
     num_samples = 20_000
     x = Concrete(temperature, logits=logits.to(dtype)).rsample((num_samples,))
     y = ExpConcrete(temperature, logits=logits.to(dtype)).rsample((num_samples,))
-    probs = softmax(logits.numpy())
+    probs = softmax(logits.cpu().numpy())
     for sample in (x, y):
-        counts = np.bincount(sample.argmax(-1).numpy(), minlength=num_categories)
+        counts = np.bincount(sample.argmax(-1).cpu().numpy(), minlength=num_categories)
         assert stats.chisquare(counts, num_samples * probs).pvalue > P_THRESHOLD
 
 
@@ -153,5 +153,6 @@ def test_argmax_is_categorical_in_half_precision(dtype):
     """Half-precision noise is drawn in float32: its tails decide rare categories."""
     logits = torch.tensor([0.0, -3.0, -6.0, 1.0])
     n = 200_000
-    counts = np.bincount(Concrete(1.0, logits=logits.to(dtype)).sample((n,)).argmax(-1).numpy(), minlength=4)
-    assert stats.chisquare(counts, n * softmax(logits.double().numpy())).pvalue > P_THRESHOLD
+    draws = Concrete(1.0, logits=logits.to(dtype)).sample((n,)).argmax(-1)
+    counts = np.bincount(draws.cpu().numpy(), minlength=4)
+    assert stats.chisquare(counts, n * softmax(logits.double().cpu().numpy())).pvalue > P_THRESHOLD

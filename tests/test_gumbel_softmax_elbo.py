@@ -19,6 +19,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro_concrete import BinaryConcrete, Concrete, ExpConcrete, LogitBinaryConcrete
 from pyro_concrete.infer import GumbelSoftmax_ELBO
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 WEIGHTS = torch.tensor([-1.0, 0.5, 2.0, 0.0], dtype=torch.float64)
 
 
@@ -200,7 +201,8 @@ def test_torch_relaxed_classes_and_svi_step():
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_subsampling_masks_and_vectorized_particles(vectorize):
     """The KL term is scaled by the subsample and masked as TraceMeanField_ELBO's is."""
-    q_logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same logits on every device
+    q_logits = torch.randn(6, 3, generator=generator, dtype=torch.float64, device="cpu").to(DEVICE)
     p_logits = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64)
     keep = torch.tensor([True, False, True, True, False, True])
     index = torch.tensor([0, 1, 3])

@@ -36,6 +36,7 @@ from pyro_concrete.infer import (
     learned_temperature,
 )
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 F64 = torch.float64
 NEG_INF = -math.inf
 
@@ -54,9 +55,9 @@ WEIGHTS = torch.tensor([0.1, 0.2, 0.7])  # the issue's prior
 
 
 def mixture_data(n: int = 20) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    component = torch.multinomial(WEIGHTS, n, replacement=True, generator=generator)
-    return LOCS[component] + torch.randn(n, generator=generator)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same data on every device
+    component = torch.multinomial(WEIGHTS.cpu(), n, replacement=True, generator=generator)
+    return (LOCS.cpu()[component] + torch.randn(n, generator=generator, device="cpu")).to(DEVICE)
 
 
 def mixture_model(data, weights=WEIGHTS):
@@ -66,10 +67,10 @@ def mixture_model(data, weights=WEIGHTS):
 
 
 def exact_posterior(data, weights=WEIGHTS):
-    x = data.double().numpy()[:, None]
+    x = data.double().cpu().numpy()[:, None]
     with np.errstate(divide="ignore"):
-        log_prior = np.log(weights.double().numpy())
-    return np.exp(log_softmax(log_prior - 0.5 * (x - LOCS.double().numpy()) ** 2, -1))
+        log_prior = np.log(weights.double().cpu().numpy())
+    return np.exp(log_softmax(log_prior - 0.5 * (x - LOCS.double().cpu().numpy()) ** 2, -1))
 
 
 def _steps(svi, *args, n=3):
@@ -198,7 +199,7 @@ def _fit_mae(model, elbo, seed=0, steps=300):
         warnings.simplefilter("ignore", UserWarning)
         for _ in range(steps):
             svi.step(data)
-    return np.abs(guide.probs()["z"].double().numpy() - exact_posterior(data)).mean()
+    return np.abs(guide.probs()["z"].double().cpu().numpy() - exact_posterior(data)).mean()
 
 
 def test_item_12_measured():
@@ -261,7 +262,7 @@ def test_learned_temperature_device_and_dtype():
     def guide(**kwargs):
         return learned_temperature("tau", init=0.5, **kwargs)
 
-    assert guide().dtype == torch.get_default_dtype() and guide().device.type == "cpu"
+    assert guide().dtype == torch.get_default_dtype() and guide().device == DEVICE
     pyro.clear_param_store()
     tau = guide(dtype=F64)
     assert tau.dtype == F64 and tau.item() == pytest.approx(0.5) and tau.requires_grad
@@ -377,7 +378,7 @@ def test_autoconcrete_masked_mixture_posterior():
     svi = SVI(lambda data: mixture_model(data, weights), guide, optim, elbo)
     losses = [svi.step(data) for _ in range(300)]
     assert np.isfinite(losses).all()
-    probs = guide.probs()["z"].double().numpy()
+    probs = guide.probs()["z"].double().cpu().numpy()
     assert (probs[:, 1] == 0).all()
     assert np.abs(probs - exact_posterior(data, weights)).mean() < 0.05
 

@@ -25,6 +25,7 @@ from torch.distributions import kl_divergence
 import pyro_concrete as pc
 from pyro_concrete.kl import binary_relaxed_kl, categorical_relaxed_kl
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 F64 = torch.float64
 
 
@@ -398,7 +399,7 @@ def test_quadrature_grid_depends_on_the_number_of_categories_only():
     from pyro_concrete.kl import _quadrature_nodes
 
     for k in (2, 16, 1000):
-        nodes = _quadrature_nodes(k, F64, torch.device("cpu"))
+        nodes = _quadrature_nodes(k, F64, DEVICE)
         assert len(nodes) < 420
         # the truncation bound of categorical_relaxed_kl: K e^{-U} and K² e^{L} below e^{-40}
         assert k * math.exp(-nodes[-1].item()) <= math.exp(-40) * (1 + 1e-9)
@@ -409,9 +410,9 @@ def test_quadrature_grid_depends_on_the_number_of_categories_only():
 @pytest.mark.parametrize("far", [-1e5, -1e9])
 def test_categorical_relaxed_kl_one_far_logit_in_a_large_batch(far, dtype):
     """(256, 16) with one logit at -1e5 / -1e9: was 91 s / out of memory, now a fixed grid."""
-    generator = torch.Generator().manual_seed(0)
-    logits_q = torch.randn(256, 16, generator=generator, dtype=F64)
-    logits_p = torch.randn(256, 16, generator=generator, dtype=F64)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same logits on every device
+    logits_q = torch.randn(256, 16, generator=generator, dtype=F64, device="cpu").to(DEVICE)
+    logits_p = torch.randn(256, 16, generator=generator, dtype=F64, device="cpu").to(DEVICE)
     plain = categorical_relaxed_kl(logits_q, logits_p)
     logits_p[7, 3] = far
     kl = categorical_relaxed_kl(logits_q.to(dtype), logits_p.to(dtype))
@@ -435,9 +436,9 @@ def test_categorical_relaxed_kl_one_far_logit_in_a_large_batch(far, dtype):
 
 @pytest.mark.parametrize("far", [-1e5, -1e9, -1e300])
 def test_categorical_relaxed_kl_far_logit_two_categories_closed_form(far):
-    generator = torch.Generator().manual_seed(1)
-    logits_q = torch.randn(64, 2, generator=generator, dtype=F64)
-    logits_p = torch.randn(64, 2, generator=generator, dtype=F64)
+    generator = torch.Generator().manual_seed(1)  # on the CPU: the same logits on every device
+    logits_q = torch.randn(64, 2, generator=generator, dtype=F64, device="cpu").to(DEVICE)
+    logits_p = torch.randn(64, 2, generator=generator, dtype=F64, device="cpu").to(DEVICE)
     logits_p[::3, 1] = far
     kl = categorical_relaxed_kl(logits_q, logits_p)
     closed = binary_relaxed_kl(logits_q[:, 0] - logits_q[:, 1], logits_p[:, 0] - logits_p[:, 1])

@@ -22,9 +22,9 @@ from pyro_concrete.distributions.permutation import GumbelSinkhorn, GumbelSinkho
 from pyro_concrete.ops import draw_gumbel
 from pyro_concrete.ops.sinkhorn import gumbel_sinkhorn_log_sample, hard_assignment, log_sinkhorn
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 P_THRESHOLD = 1e-3
 CLASSES = (GumbelSinkhorn, GumbelSinkhornStraightThrough)
-CPU = torch.device("cpu")
 
 
 def all_permutations(n):
@@ -75,7 +75,7 @@ def test_log_sinkhorn_is_doubly_stochastic():
 
 def test_relaxation_converges_to_the_hard_assignment():
     scores = torch.randn(32, 4, 4, dtype=torch.float64)
-    gumbel = draw_gumbel(scores.shape, torch.float64, CPU)
+    gumbel = draw_gumbel(scores.shape, torch.float64, DEVICE)
     top = brute_force_values(scores + gumbel).topk(2, -1).values
     keep = top[:, 0] - top[:, 1] >= 0.2  # no near-ties (see the module docstring)
     assert keep.sum() >= 20
@@ -128,7 +128,7 @@ def test_kernel_gradients_against_finite_differences():
     assert torch.autograd.gradgradcheck(lambda a: log_sinkhorn(a, 5), (log_alpha,))
     scores = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
-    gumbel = draw_gumbel(torch.Size([2, 3, 3]), torch.float64, CPU)
+    gumbel = draw_gumbel(torch.Size([2, 3, 3]), torch.float64, DEVICE)
 
     def sample(s, t):
         return gumbel_sinkhorn_log_sample(s, t, gumbel, 5)
@@ -139,7 +139,7 @@ def test_kernel_gradients_against_finite_differences():
 
 def test_kernels_under_torch_func_and_jit():
     scores = torch.randn(3, 3, dtype=torch.float64)
-    gumbel = draw_gumbel(torch.Size([4, 3, 3]), torch.float64, CPU)
+    gumbel = draw_gumbel(torch.Size([4, 3, 3]), torch.float64, DEVICE)
     batched = gumbel_sinkhorn_log_sample(scores, 0.5, gumbel, 10)
     mapped = torch.func.vmap(lambda g: gumbel_sinkhorn_log_sample(scores, 0.5, g, 10))(gumbel)
     torch.testing.assert_close(mapped, batched)
@@ -154,7 +154,7 @@ def test_kernels_under_torch_func_and_jit():
 
 def test_float32_and_large_scores_stay_accurate():
     scores = 1e4 + torch.randn(3, 3)  # a common offset the row shift removes
-    gumbel = draw_gumbel(torch.Size([3, 3]), torch.float32, CPU)
+    gumbel = draw_gumbel(torch.Size([3, 3]), torch.float32, DEVICE)
     y32 = gumbel_sinkhorn_log_sample(scores, 0.5, gumbel, 20)
     y64 = gumbel_sinkhorn_log_sample(scores.double(), 0.5, gumbel.double(), 20)
     assert y32.dtype == torch.float32
@@ -175,7 +175,7 @@ def test_hard_permutations_follow_the_perturbed_assignment(n):
     u = torch.rand(num_draws, n, n, dtype=torch.float64)
     reference = brute_force_values(scores - torch.log(-torch.log(u))).argmax(-1)
     theirs = torch.bincount(reference, minlength=len(all_permutations(n)))
-    observed = torch.stack([ours, theirs]).numpy()
+    observed = torch.stack([ours, theirs]).cpu().numpy()
     observed = observed[:, observed.sum(0) > 0]
     _, p_value, _, expected = stats.chi2_contingency(observed)
     assert expected.min() >= 5  # every permutation frequent enough for the chi-square approximation
@@ -204,7 +204,7 @@ def test_straight_through_value_is_the_assignment_and_gradient_the_relaxation():
     assert torch.equal(hard_grads[0], scores.grad) and torch.equal(hard_grads[1], tau.grad)
 
     torch.manual_seed(1)
-    noise = draw_gumbel(torch.Size([7, 2, 4, 4]), torch.float64, CPU)
+    noise = draw_gumbel(torch.Size([7, 2, 4, 4]), torch.float64, DEVICE)
     assert torch.equal(hard.detach(), hard_assignment(scores.detach() + noise))
 
     torch.manual_seed(1)
@@ -352,7 +352,7 @@ def test_pyro_sample_site_in_a_plate(cls):
 def test_contracts_of_the_samples(cls):
     """torch.compile, the meta device and every floating dtype (the classes have no log_prob, so
     tests/test_contracts.py, which checks log_prob, does not run over them)."""
-    gumbel = draw_gumbel(torch.Size([4, 4]), torch.float32, torch.device("cpu"))
+    gumbel = draw_gumbel(torch.Size([4, 4]), torch.float32, DEVICE)
 
     def kernel(scores, temperature):
         return gumbel_sinkhorn_log_sample(scores, temperature, gumbel, 10)

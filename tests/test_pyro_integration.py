@@ -32,6 +32,7 @@ from scipy.special import log_softmax, logsumexp
 import pyro_concrete as pc
 from pyro_concrete.infer import AutoConcrete, check_guide, differentiable_one_hot
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 TEMPERATURE = {"st": 0.2, "gumbel_rao": 0.2, "reinmax": 1.0}
 ELBOS = {"Trace_ELBO": Trace_ELBO, "TraceMeanField_ELBO": TraceMeanField_ELBO}
 STEPS, PARTICLES = 300, 32
@@ -69,9 +70,9 @@ SCALE = 1.0
 
 
 def mixture_data() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(0)
-    component = torch.multinomial(WEIGHTS, 20, replacement=True, generator=generator)
-    return LOCS[component] + SCALE * torch.randn(20, generator=generator)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same data on every device
+    component = torch.multinomial(WEIGHTS.cpu(), 20, replacement=True, generator=generator)
+    return (LOCS.cpu()[component] + SCALE * torch.randn(20, generator=generator, device="cpu")).to(DEVICE)
 
 
 def mixture_model(data):
@@ -82,10 +83,10 @@ def mixture_model(data):
 
 def mixture_exact(data):
     """Exact posterior assignment probabilities and log evidence, by enumeration (float64)."""
-    x = data.double().numpy()[:, None]
+    x = data.double().cpu().numpy()[:, None]
     log_joint = (
-        np.log(WEIGHTS.double().numpy())
-        - 0.5 * ((x - LOCS.double().numpy()) / SCALE) ** 2
+        np.log(WEIGHTS.double().cpu().numpy())
+        - 0.5 * ((x - LOCS.double().cpu().numpy()) / SCALE) ** 2
         - math.log(SCALE * math.sqrt(2 * math.pi))
     )
     return np.exp(log_softmax(log_joint, -1)), logsumexp(log_joint, -1).sum()
@@ -99,7 +100,7 @@ def test_mixture_reference_is_pyros_enumeration():
     assert -loss == pytest.approx(log_evidence, rel=1e-6)
     uniform = np.full_like(posterior, 1 / 3)
     assert np.abs(uniform - posterior).mean() > 0.15  # the uniform initial guide fails the test
-    prior = np.broadcast_to(WEIGHTS.numpy(), posterior.shape)
+    prior = np.broadcast_to(WEIGHTS.cpu().numpy(), posterior.shape)
     assert np.abs(prior - posterior).mean() > 0.1  # and so does the prior
     assert ((posterior.max(-1) > 0.3) & (posterior.max(-1) < 0.8)).sum() >= 8  # many ambiguous points
 
@@ -130,7 +131,7 @@ def test_mixture_straight_through_guide(estimator, elbo_name):
     posterior, log_evidence = mixture_exact(data)
     guide = mixture_guide(estimator)
     fit(_training_model(mixture_model, elbo_name), guide, elbo_name, data)
-    probs = pyro.param("mixture_logits").detach().softmax(-1).double().numpy()
+    probs = pyro.param("mixture_logits").detach().softmax(-1).double().cpu().numpy()
     assert np.abs(probs - posterior).mean() < 0.05
     assert abs(final_elbo(mixture_model, guide, data) - log_evidence) < 1.0
 
@@ -142,7 +143,7 @@ def test_mixture_autoconcrete(elbo_name):
     posterior, log_evidence = mixture_exact(data)
     guide = AutoConcrete(mixture_model, estimator="st", temperature=TEMPERATURE["st"], init="uniform")
     fit(_training_model(mixture_model, elbo_name), guide, elbo_name, data)
-    probs = guide.probs()["z"].double().numpy()
+    probs = guide.probs()["z"].double().cpu().numpy()
     assert probs.shape == (20, 3)
     assert np.abs(probs - posterior).mean() < 0.05
     assert abs(final_elbo(mixture_model, guide, data) - log_evidence) < 1.0
@@ -155,10 +156,10 @@ def test_trace_elbo_without_rescoring_ignores_the_prior():
     the posterior of a uniform prior instead of the true one."""
     data = mixture_data()
     posterior, _ = mixture_exact(data)
-    x = data.double().numpy()[:, None]
-    uniform_prior_posterior = np.exp(log_softmax(-0.5 * ((x - LOCS.double().numpy()) / SCALE) ** 2, -1))
+    x = data.double().cpu().numpy()[:, None]
+    uniform_prior_posterior = np.exp(log_softmax(-0.5 * ((x - LOCS.double().cpu().numpy()) / SCALE) ** 2, -1))
     fit(mixture_model, mixture_guide("reinmax"), "Trace_ELBO", data)
-    probs = pyro.param("mixture_logits").detach().softmax(-1).double().numpy()
+    probs = pyro.param("mixture_logits").detach().softmax(-1).double().cpu().numpy()
     assert np.abs(probs - uniform_prior_posterior).mean() < 0.02
     assert np.abs(probs - posterior).mean() > 0.05
 
@@ -174,9 +175,10 @@ DESIGN = torch.tensor(hadamard(NUM_DATA)[:, 1 : NUM_FEATURES + 1] / 4.0, dtype=t
 
 
 def regression_data() -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
-    included = (torch.rand(NUM_FEATURES, generator=generator) < 0.5).float()
-    return DESIGN @ (included * SLAB) + NOISE * torch.randn(NUM_DATA, generator=generator)
+    generator = torch.Generator().manual_seed(1)  # on the CPU: the same data on every device
+    included = (torch.rand(NUM_FEATURES, generator=generator, device="cpu") < 0.5).float().to(DEVICE)
+    noise = torch.randn(NUM_DATA, generator=generator, device="cpu").to(DEVICE)
+    return DESIGN @ (included * SLAB) + NOISE * noise
 
 
 def regression_model(y):
@@ -189,9 +191,9 @@ def regression_model(y):
 
 def regression_exact(y):
     """Posterior inclusion probabilities and log evidence by enumerating all 2^8 indicator vectors."""
-    design, y = DESIGN.double().numpy(), y.double().numpy()
+    design, y = DESIGN.double().cpu().numpy(), y.double().cpu().numpy()
     configurations = np.array(list(itertools.product([0.0, 1.0], repeat=NUM_FEATURES)))
-    mean = (configurations * SLAB.double().numpy()) @ design.T
+    mean = (configurations * SLAB.double().cpu().numpy()) @ design.T
     log_lik = (-0.5 * ((y - mean) / NOISE) ** 2 - math.log(NOISE * math.sqrt(2 * math.pi))).sum(-1)
     log_prior = (
         configurations * math.log(PRIOR_INCLUSION) + (1 - configurations) * math.log1p(-PRIOR_INCLUSION)
@@ -227,7 +229,7 @@ def test_regression_straight_through_guide(estimator, elbo_name):
     posterior, log_evidence = regression_exact(y)
     guide = regression_guide(estimator)
     fit(regression_model, guide, elbo_name, y)
-    probs = torch.sigmoid(pyro.param("regression_logits")).detach().double().numpy()
+    probs = torch.sigmoid(pyro.param("regression_logits")).detach().double().cpu().numpy()
     assert np.abs(probs - posterior).mean() < 0.05
     assert abs(final_elbo(regression_model, guide, y) - log_evidence) < 1.0
 
@@ -247,7 +249,7 @@ def test_regression_autoconcrete(model, elbo_name):
     posterior, log_evidence = regression_exact(y)
     guide = AutoConcrete(model, estimator="gumbel_rao", temperature=TEMPERATURE["gumbel_rao"])
     fit(model, guide, elbo_name, y)
-    probs = guide.probs()["z"].double().numpy()
+    probs = guide.probs()["z"].double().cpu().numpy()
     assert probs.shape == (NUM_FEATURES,)
     assert np.abs(probs - posterior).mean() < 0.05
     assert abs(final_elbo(model, guide, y) - log_evidence) < 1.0
@@ -376,7 +378,7 @@ def test_relaxed_model_trains(elbo_name):
     fit(relaxed_mixture_model, relaxed_mixture_guide, elbo_name, data, steps=150, particles=8)
     final = final_elbo(relaxed_mixture_model, relaxed_mixture_guide, data)
     assert final > initial + 3
-    probs = pyro.param("relaxed_logits").detach().softmax(-1).numpy()
+    probs = pyro.param("relaxed_logits").detach().softmax(-1).cpu().numpy()
     clear = posterior.max(-1) > 0.9
     assert clear.sum() >= 4
     assert (probs[clear].argmax(-1) == posterior[clear].argmax(-1)).all()

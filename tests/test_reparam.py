@@ -42,6 +42,7 @@ from pyro_concrete.infer import (
     StraightThroughReparam,
 )
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 LOSSES = [Trace_ELBO, TraceMeanField_ELBO]
 
 
@@ -109,10 +110,9 @@ def test_wrappers_observed_sites_schedules_and_bernoulli():
 
 def mixture_problem(num_data=10):
     locs, prior = torch.tensor([-2.5, 0.0, 2.5]), torch.tensor([0.2, 0.3, 0.5])
-    generator = torch.Generator().manual_seed(0)
-    data = locs[torch.randint(0, 3, (num_data,), generator=generator)] + torch.randn(
-        num_data, generator=generator
-    )
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same data on every device
+    component = torch.randint(0, 3, (num_data,), generator=generator, device="cpu")
+    data = locs[component.to(DEVICE)] + torch.randn(num_data, generator=generator, device="cpu").to(DEVICE)
 
     def model(data):
         with pyro.plate("data", len(data)):
@@ -129,14 +129,13 @@ def mixture_problem(num_data=10):
 
 def spike_and_slab_problem():
     """Orthogonal design: the likelihood, hence the posterior, factorises over the features."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0)  # on the CPU: the same data on every device
     num_data, num_features, sigma, pi = 12, 4, 1.0, 0.3
-    design, _ = torch.linalg.qr(torch.randn(num_data, num_features, generator=generator))
-    design = 2.0 * design
+    design, _ = torch.linalg.qr(torch.randn(num_data, num_features, generator=generator, device="cpu"))
+    design = 2.0 * design.to(DEVICE)
     effects = torch.tensor([1.5, -1.0, 0.6, 0.3])
-    y = design @ (torch.tensor([1.0, 0.0, 1.0, 0.0]) * effects) + sigma * torch.randn(
-        num_data, generator=generator
-    )
+    noise = torch.randn(num_data, generator=generator, device="cpu").to(DEVICE)
+    y = design @ (torch.tensor([1.0, 0.0, 1.0, 0.0]) * effects) + sigma * noise
 
     def model(y):
         with pyro.plate("features", num_features):
@@ -272,8 +271,9 @@ def test_relaxed_sites_agree_in_law_with_the_direct_distribution(relaxed_class):
     pyro.set_rng_seed(3)
     relaxed_draws = poutine.reparam(model, {"z": RelaxReparam(0.6)})()
     direct_draws = direct.sample((20_000,))
+    relaxed_draws, direct_draws = relaxed_draws.cpu().numpy(), direct_draws.cpu().numpy()
     for k in range(3):
-        assert stats.ks_2samp(relaxed_draws[:, k].numpy(), direct_draws[:, k].numpy()).pvalue > 1e-3
+        assert stats.ks_2samp(relaxed_draws[:, k], direct_draws[:, k]).pvalue > 1e-3
 
 
 RELAXED_CLASSES = [Concrete, ExpConcrete, BinaryConcrete, LogitBinaryConcrete]
@@ -308,8 +308,9 @@ def test_gumbel_reparam_moments_gradients_and_law(cls):
         (grad_e,) = torch.autograd.grad(e.sum(), logits, retain_graph=True)
         (grad_a,) = torch.autograd.grad(a.sum(), logits, retain_graph=True)
         assert torch.allclose(grad_e, grad_a, atol=0.05)
+    expected, actual = expected.detach().cpu().numpy(), actual.detach().cpu().numpy()
     for k in range(3):
-        assert stats.ks_2samp(expected[:, k].detach().numpy(), actual[:, k].detach().numpy()).pvalue > 1e-3
+        assert stats.ks_2samp(expected[:, k], actual[:, k]).pvalue > 1e-3
 
 
 @pytest.mark.parametrize("cls", RELAXED_CLASSES)

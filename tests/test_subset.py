@@ -26,6 +26,8 @@ from pyro_concrete.constraints import KHypersimplex
 from pyro_concrete.ops import draw_gumbel
 from pyro_concrete.ops.subset import relaxed_top_k, subset_log_prob, top_k_hot
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
+
 
 def reference_set_probability(logits, subset):
     """P(S) as the sum over the orders of drawing S's items without replacement."""
@@ -91,13 +93,13 @@ def test_k_hot_samples_follow_sampling_without_replacement(num_items, k):
     for row in draws.nonzero()[:, 1].reshape(-1, k).tolist():
         counts[index[tuple(row)]] += 1
     expected = torch.tensor([reference_set_probability(logits, s) for s in subsets]) * len(draws)
-    assert stats.chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+    assert stats.chisquare(counts.cpu().numpy(), expected.cpu().numpy()).pvalue > 1e-3
 
 
 def test_relaxed_sample_is_a_point_of_the_hypersimplex_and_tends_to_top_k():
     torch.manual_seed(1)
     theta = torch.randn(6, dtype=torch.float64)
-    noise = draw_gumbel(torch.Size([500, 6]), torch.float64, torch.device("cpu"))
+    noise = draw_gumbel(torch.Size([500, 6]), torch.float64, DEVICE)
     hard = top_k_hot(theta + noise, 3)
     for tau in (1.0, 0.1, 0.01, 1e-4):
         y = relaxed_top_k(theta, torch.tensor(tau, dtype=torch.float64), noise, 3)
@@ -114,7 +116,7 @@ def test_relaxed_sample_is_a_point_of_the_hypersimplex_and_tends_to_top_k():
 
 
 def test_relaxed_sample_derivatives_match_finite_differences():
-    noise = draw_gumbel(torch.Size([3, 5]), torch.float64, torch.device("cpu"))
+    noise = draw_gumbel(torch.Size([3, 5]), torch.float64, DEVICE)
     theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
     tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
 
@@ -211,7 +213,7 @@ def test_relaxed_subset_sample_contracts():
     )(logits.detach())
     assert batched.shape == (3, 5)
     # JIT trace and torch.compile reproduce eager for the same noise
-    noise = draw_gumbel(torch.Size([3, 5]), torch.float64, torch.device("cpu"))
+    noise = draw_gumbel(torch.Size([3, 5]), torch.float64, DEVICE)
 
     def kernel(lg, t):
         return relaxed_top_k(lg, t, noise, 2)
@@ -285,7 +287,7 @@ def test_float32_relaxed_samples_are_in_the_support_over_many_seeds():
                     y = relaxed_top_k(
                         logits,
                         torch.tensor(tau),
-                        draw_gumbel(torch.Size([500, 10]), torch.float32, torch.device("cpu")),
+                        draw_gumbel(torch.Size([500, 10]), torch.float32, DEVICE),
                         k,
                     )
                     assert KHypersimplex(k).check(y).all()
