@@ -26,6 +26,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import pyro_concrete as pc
 from pyro_concrete import ops
 
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 F64 = torch.float64
 K = 4
 INF = math.inf
@@ -216,9 +217,7 @@ def test_every_public_kernel_passes_gradcheck_and_gradgradcheck(name):
     logits = torch.randn(shape, dtype=F64, requires_grad=True)
     temperature = torch.tensor([0.3, 0.8, 1.7], dtype=F64, requires_grad=True)
     if name.endswith("sample"):
-        value = (ops.draw_logistic if binary else ops.draw_gumbel)(
-            torch.Size(shape), F64, torch.device("cpu")
-        )
+        value = (ops.draw_logistic if binary else ops.draw_gumbel)(torch.Size(shape), F64, DEVICE)
     elif binary:
         value = torch.randn(shape, dtype=F64) * 3
     else:
@@ -421,7 +420,7 @@ def test_meta_device(case, how):
     logits = torch.randn((3,) + case.event_shape, device="meta", requires_grad=True)
     temperature = {
         "float": 0.5,
-        "cpu-scalar": torch.tensor(0.5),  # a CPU leaf cannot receive a meta gradient
+        "cpu-scalar": torch.tensor(0.5, device="cpu"),  # a CPU leaf cannot receive a meta gradient
         "same-device": torch.full((3,), 0.5, device="meta", requires_grad=True),
         "torch-shape": torch.full((3, 1), 0.5, device="meta", requires_grad=True),
     }[how]
@@ -440,8 +439,227 @@ def test_meta_device(case, how):
 @pytest.mark.parametrize("case", RELAXED, ids=_ids(RELAXED))
 def test_cpu_scalar_temperature_with_logits_elsewhere_in_log_prob(case):
     needs_log_prob(case)
-    d = case.make(torch.tensor(0.5, dtype=F64), case.logits().to("meta"))
+    d = case.make(torch.tensor(0.5, dtype=F64, device="cpu"), case.logits().to("meta"))
     assert d.log_prob(d.rsample()).device.type == "meta"
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_cpu_scalar_temperature_with_logits_on_the_run_device(case):
+    """torch lets a 0-dim CPU tensor mix with tensors anywhere: so must the temperature. Under
+    ``--device cuda`` the logits are on the GPU; in the default run this is the CPU case."""
+    tau = torch.tensor(0.5, dtype=F64, device="cpu", requires_grad=True)
+    logits = case.logits(requires_grad=True)
+    d = case.make(tau, logits)
+    x = d.rsample((2,))
+    assert x.device == logits.device == DEVICE
+    loss = x.sum() + (d.log_prob(x).sum() if case.scored else 0)
+    grads = torch.autograd.grad(loss, (logits, tau), allow_unused=True)
+    assert grads[0].device == DEVICE
+    assert grads[1] is None or grads[1].device.type == "cpu"  # a CPU leaf's gradient stays there
+
+
+M = torch.device("meta")
+
+
+def _meta(*shape, dtype=F64, grad=False):
+    return torch.randn(shape, dtype=dtype, device=M).requires_grad_(grad)
+
+
+def _meta_logits(*shape):
+    return _meta(*shape, grad=True)
+
+
+def _meta_tau(*shape):
+    return torch.full(shape, 0.5, dtype=F64, device=M, requires_grad=True)
+
+
+def _meta_draws():
+    """Every function of the package that takes or makes tensors, called with every tensor
+    argument on ``meta`` (``KEY: thunk``). Each returns tensors, all on ``meta``."""
+    from pyro_concrete.ops import sinkhorn, subset
+
+    shape, binary, perm = torch.Size([3, K]), torch.Size([3]), torch.Size([3, K, K])
+    unit = torch.sigmoid(_meta(3))
+    draws = {
+        "ops.binary_concrete_log_density": lambda: ops.binary_concrete_log_density(
+            unit, _meta_logits(3), _meta_tau(3)
+        ),
+        "ops.binary_concrete_log_density_at_logit": lambda: ops.binary_concrete_log_density_at_logit(
+            _meta(3, grad=True), _meta_logits(3), _meta_tau(3)
+        ),
+        "ops.binary_concrete_logit_sample": lambda: ops.binary_concrete_logit_sample(
+            _meta_logits(3), _meta_tau(3), ops.draw_logistic(binary, F64, M)
+        ),
+        "ops.certain_outcomes": lambda: ops.certain_outcomes(_meta(3)),
+        "ops.concrete_log_density": lambda: ops.concrete_log_density(
+            torch.softmax(_meta(*shape), -1), _meta_logits(*shape), _meta_tau(3)
+        ),
+        "ops.concrete_log_density_at_log_value": lambda: ops.concrete_log_density_at_log_value(
+            torch.log_softmax(_meta(*shape, grad=True), -1), _meta_logits(*shape), _meta_tau(3)
+        ),
+        "ops.conditional_gumbel": lambda: ops.conditional_gumbel(
+            _meta(*shape), torch.zeros(3, 1, dtype=torch.long, device=M), ops.draw_gumbel(shape, F64, M)
+        ),
+        "ops.conditional_logistic": lambda: ops.conditional_logistic(
+            _meta(3), torch.ones(3, dtype=torch.bool, device=M), ops.draw_logistic(binary, F64, M)
+        ),
+        "ops.draw_gumbel": lambda: ops.draw_gumbel(shape, torch.float16, M),
+        "ops.draw_logistic": lambda: ops.draw_logistic(binary, torch.float16, M),
+        "ops.draw_softmax_noise": lambda: (
+            ops.draw_softmax_noise(shape, F64, M),
+            ops.draw_softmax_noise(torch.Size([3, 2]), F64, M),
+        ),
+        "ops.exp_concrete_log_density": lambda: ops.exp_concrete_log_density(
+            torch.log_softmax(_meta(*shape, grad=True), -1), _meta_logits(*shape), _meta_tau(3)
+        ),
+        "ops.gumbel_softmax_log_sample": lambda: ops.gumbel_softmax_log_sample(
+            _meta_logits(*shape), _meta_tau(3), ops.draw_gumbel(shape, F64, M)
+        ),
+        "ops.logit_binary_concrete_log_density": lambda: ops.logit_binary_concrete_log_density(
+            _meta(3, grad=True), _meta_logits(3), _meta_tau(3)
+        ),
+        "ops.neg_logistic_log_density": lambda: ops.neg_logistic_log_density(_meta(3, grad=True)),
+        "ops.safe_log": lambda: ops.safe_log(unit.detach().requires_grad_()),
+        "ops.safe_logit": lambda: ops.safe_logit(unit.detach().requires_grad_()),
+        "ops.binary_straight_through_sample": lambda: tuple(
+            ops.binary_straight_through_sample(_meta_logits(3), _meta_tau(3), estimator=e, rao_samples=3)
+            for e in ops.ESTIMATORS
+        ),
+        "ops.sample_binary": lambda: tuple(
+            ops.sample_binary(_meta_logits(3), _meta_tau(3), torch.Size([2, 3]), e, 3) for e in ops.ESTIMATORS
+        ),
+        "ops.sample_one_hot": lambda: tuple(
+            ops.sample_one_hot(_meta_logits(*shape), _meta_tau(3), torch.Size([2, *shape]), e, 3)
+            for e in ops.ESTIMATORS
+        ),
+        "ops.straight_through_sample": lambda: tuple(
+            ops.straight_through_sample(_meta_logits(*shape), _meta_tau(3), estimator=e, rao_samples=3)
+            for e in ops.ESTIMATORS
+        ),
+        "ops.structural_zeros": lambda: ops.structural_zeros(_meta(*shape)),
+        "ops.subset.relaxed_top_k": lambda: subset.relaxed_top_k(
+            _meta_logits(*shape), _meta_tau(3), ops.draw_gumbel(shape, F64, M), 2
+        ),
+        "ops.subset.subset_log_prob": lambda: subset.subset_log_prob(
+            _meta_logits(*shape), subset.top_k_hot(_meta(*shape), 2), 2
+        ),
+        "ops.subset.top_k_hot": lambda: subset.top_k_hot(_meta(*shape), 2),
+        "ops.sinkhorn.gumbel_sinkhorn_log_sample": lambda: sinkhorn.gumbel_sinkhorn_log_sample(
+            _meta_logits(*perm), _meta_tau(3), ops.draw_gumbel(perm, F64, M), 3
+        ),
+        "ops.sinkhorn.hard_assignment": lambda: sinkhorn.hard_assignment(_meta(*perm)),
+        "ops.sinkhorn.log_sinkhorn": lambda: sinkhorn.log_sinkhorn(_meta(*perm, grad=True), 3),
+        "kl.binary_relaxed_kl": lambda: pc.kl.binary_relaxed_kl(_meta_logits(3), _meta_logits(3)),
+        "kl.categorical_relaxed_kl": lambda: pc.kl.categorical_relaxed_kl(
+            _meta_logits(*shape), _meta_logits(*shape)
+        ),
+    }
+    return draws
+
+
+def _public_tensor_functions() -> set[str]:
+    from pyro_concrete.ops import sinkhorn, subset
+
+    not_tensor_functions = {"ESTIMATORS", "check_estimator"}
+    return (
+        {f"ops.{n}" for n in ops.__all__ if n not in not_tensor_functions}
+        | {f"ops.subset.{n}" for n in subset.__all__}
+        | {f"ops.sinkhorn.{n}" for n in sinkhorn.__all__}
+        | {f"kl.{n}" for n in pc.kl.__all__}
+    )
+
+
+def test_the_meta_checks_cover_every_public_function():
+    """A function added to ``ops`` or ``kl`` needs a meta-device check below."""
+    assert set(_meta_draws()) == _public_tensor_functions()
+
+
+def _tensors(result):
+    return [result] if isinstance(result, torch.Tensor) else [t for r in result for t in _tensors(r)]
+
+
+@pytest.mark.parametrize("name", sorted(_public_tensor_functions()))
+def test_every_public_function_on_the_meta_device(name):
+    """Every input on ``meta``: every output and gradient is there too. A constant the code
+    made on the CPU (more than one element) would make the call raise."""
+    torch.manual_seed(0)
+    outputs = _tensors(_meta_draws()[name]())
+    assert outputs and all(t.device == M for t in outputs)
+    differentiable = [t for t in outputs if t.requires_grad]
+    if differentiable:
+        leaves = [t for t in _leaves(differentiable) if t.requires_grad]
+        grads = torch.autograd.grad(sum(t.sum() for t in differentiable), leaves, allow_unused=True)
+        assert all(g is None or g.device == M for g in grads)
+        assert any(g is not None for g in grads)
+
+
+def _leaves(outputs):
+    """The leaf tensors that require grad behind ``outputs`` (found through their graphs)."""
+    seen, stack, leaves = set(), [t.grad_fn for t in outputs if t.grad_fn is not None], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def _meta_distributions():
+    """One instance of every exported distribution class, parameters on ``meta`` that require grad."""
+    categorical, binary, scores = _meta_logits(3, K), _meta_logits(3), _meta_logits(3, K, K)
+    build = {
+        pc.Concrete: lambda t: pc.Concrete(t, logits=categorical),
+        pc.ExpConcrete: lambda t: pc.ExpConcrete(t, logits=categorical),
+        pc.GumbelSoftmax: lambda t: pc.GumbelSoftmax(t, logits=categorical),
+        pc.BinaryConcrete: lambda t: pc.BinaryConcrete(t, logits=binary),
+        pc.LogitBinaryConcrete: lambda t: pc.LogitBinaryConcrete(t, logits=binary),
+        pc.ConcreteStraightThrough: lambda t: pc.ConcreteStraightThrough(t, logits=categorical),
+        pc.BinaryConcreteStraightThrough: lambda t: pc.BinaryConcreteStraightThrough(t, logits=binary),
+        pc.RelaxedSubset: lambda t: pc.RelaxedSubset(t, logits=categorical, k=2),
+        pc.SubsetStraightThrough: lambda t: pc.SubsetStraightThrough(t, logits=categorical, k=2),
+        pc.GumbelSinkhorn: lambda t: pc.GumbelSinkhorn(t, scores, num_iters=3),
+        pc.GumbelSinkhornStraightThrough: lambda t: pc.GumbelSinkhornStraightThrough(t, scores, num_iters=3),
+    }
+    exported = {getattr(pc, n) for n in pc.__all__ if isinstance(getattr(pc, n), type)}
+    assert set(build) == exported, "a new distribution class needs a meta-device check"
+    return build
+
+
+@pytest.mark.parametrize(
+    "cls", sorted(_meta_distributions(), key=lambda c: c.__name__), ids=lambda c: c.__name__
+)
+def test_every_distribution_method_on_the_meta_device(cls):
+    """Construction, sample, rsample (with backward), log_prob, the moments, entropy,
+    enumerate_support, expand, the support's check and its transform, and repr, on ``meta``."""
+    d = _meta_distributions()[cls](_meta_tau(3))
+    x = d.rsample((2,))
+    results = {"rsample": x, "sample": d.sample(), "support.check": d.support.check(x)}
+    for method in ("log_prob", "entropy", "enumerate_support", "mean", "mode", "variance"):
+        try:
+            attribute = getattr(d, method)
+            results[method] = (
+                attribute(x) if method == "log_prob" else (attribute() if callable(attribute) else attribute)
+            )
+        except NotImplementedError:
+            pass
+    try:
+        transform = torch.distributions.biject_to(d.support)  # what HMC and Laplace use
+    except NotImplementedError:  # discrete supports, subsets and permutations have none
+        pass
+    else:
+        u = transform.inv(x.detach())
+        results["biject_to"] = (u, transform(u), transform.log_abs_det_jacobian(u, transform(u)))
+    results["expand"] = d.expand((2, 3)).rsample()
+    for name, value in results.items():
+        assert all(t.device == M for t in _tensors(value)), name
+    loss = x.sum() + (results["log_prob"].sum() if "log_prob" in results else 0)
+    params = [p for p in (getattr(d, "logits", None), getattr(d, "scores", None)) if p is not None]
+    (grad,) = torch.autograd.grad(loss, [_leaves(params)[0]])
+    assert grad.device == M
+    assert "Tensor(3,)" in repr(d)  # a meta temperature has no value to print
 
 
 # -- one instance, several uses ---------------------------------------------------------------
@@ -665,7 +883,7 @@ def test_every_kernel_reads_the_temperature_one_way(form):
         "torch-rows": rows[:, None],
         "scalar": torch.tensor(0.7, dtype=F64),
     }
-    noise = ops.draw_gumbel(torch.Size([5, K]), F64, torch.device("cpu"))
+    noise = ops.draw_gumbel(torch.Size([5, K]), F64, DEVICE)
     t = temperature[form]
     y, x = ops.gumbel_softmax_log_sample(logits, t, noise)
     y_ref, _ = ops.gumbel_softmax_log_sample(logits, rows, noise)

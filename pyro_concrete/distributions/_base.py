@@ -18,8 +18,9 @@ __all__ = ["PackageDistribution", "TemperedDistribution"]
 
 
 def temperature_repr(t: Tensor) -> str:
-    """A temperature for a repr: its value when every entry is the same, else its shape."""
-    uniform = t.numel() > 0 and bool((t == t.reshape(-1)[0]).all())
+    """A temperature for a repr: its value when every entry is the same, else its shape (always
+    its shape on the ``meta`` device, which has no values)."""
+    uniform = t.numel() > 0 and t.device.type != "meta" and bool((t == t.reshape(-1)[0]).all())
     return f"{t.reshape(-1)[0].item():g}" if uniform else f"Tensor{tuple(t.shape)}"
 
 
