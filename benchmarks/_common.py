@@ -1,4 +1,4 @@
-"""Reporting helpers shared by the benchmark scripts: machine description, tables, CSV.
+"""Helpers shared by the benchmark scripts: the ``--device`` option, machine description, tables, CSV.
 
 The scripts import this module as ``_common`` (they are run as ``python benchmarks/<name>.py``,
 which puts this folder first on ``sys.path``).
@@ -6,15 +6,110 @@ which puts this folder first on ``sys.path``).
 
 from __future__ import annotations
 
+import argparse
 import csv
+import functools
 import os
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# The exit status of a script asked for a device that this machine does not have (sysexits'
+# EX_UNAVAILABLE); a malformed --device is a usage error (argparse's status 2).
+DEVICE_UNAVAILABLE = 69
+
+
+# -- the device ----------------------------------------------------------------------------
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device to run every contender on (cpu, cuda, cuda:1, mps, ...); one this machine "
+        f"does not have exits with status {DEVICE_UNAVAILABLE}",
+    )
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used here (None if it can)."""
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "torch.cuda.is_available() is False"
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            return f"torch.cuda.device_count() is {torch.cuda.device_count()}"
+        return None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return "torch.backends.mps.is_available() is False"
+    is_available = getattr(getattr(torch, device.type, None), "is_available", None)
+    if callable(is_available) and not is_available():
+        return f"torch.{device.type}.is_available() is False"
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as error:  # an unbuilt backend raises either
+        return f"no tensor can be made there ({error})"
+    return None
+
+
+def resolve_device(parser: argparse.ArgumentParser, spec: str) -> torch.device:
+    """The device ``--device spec`` names. A malformed name (or ``meta``) is a usage error; a
+    device this machine lacks ends the script with a message and status ``DEVICE_UNAVAILABLE``."""
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        parser.error(f"--device {spec}: not a torch device ({error})")
+    if device.type == "meta":
+        parser.error("--device meta: meta tensors have no values, so nothing can be timed on them")
+    reason = unavailable_reason(device)
+    if reason is not None:
+        print(f"{parser.prog}: --device {spec} is not available: {reason}. Nothing was run.", file=sys.stderr)
+        sys.exit(DEVICE_UNAVAILABLE)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # the name says which GPU
+    return device
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits until ``device`` has finished the work queued on it: call it before
+    reading the clock, or an accelerator's asynchronous kernels are not timed. A no-op on the CPU."""
+    if device.type == "cuda":
+        return functools.partial(torch.cuda.synchronize, device)
+    synchronize = getattr(getattr(torch, device.type, None), "synchronize", None)
+    return synchronize if device.type != "cpu" and callable(synchronize) else _nothing
+
+
+def _nothing() -> None:
+    pass
+
+
+def device_name(device: torch.device) -> str:
+    """The device and its hardware in a few words, as recorded in the CSV files."""
+    if device.type == "cpu":
+        return f"cpu: {cpu_model()}"
+    if device.type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(device)}"
+    return str(device)
+
+
+def device_line(device: torch.device) -> str:
+    """One line naming the device the contenders ran on, for a script's header."""
+    if device.type == "cpu":
+        return "device: cpu (the CPU below)"
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        toolkit = f"HIP {torch.version.hip}" if torch.version.hip else f"CUDA {torch.version.cuda}"
+        return (
+            f"device: {device}: {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+            f"compute capability {props.major}.{props.minor}, {toolkit}"
+        )
+    return f"device: {device}"
 
 
 def cpu_model() -> str:
@@ -29,8 +124,9 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def environment_lines() -> list[str]:
-    """One line each for the software and hardware the numbers were measured on."""
+def environment_lines(device: torch.device | None = None) -> list[str]:
+    """One line each for the software and hardware the numbers were measured on (with a line
+    for ``device`` when one is given)."""
     import pyro
 
     import pyro_concrete
@@ -39,6 +135,7 @@ def environment_lines() -> list[str]:
     return [
         f"torch {torch.__version__}, pyro-ppl {pyro.__version__}, pyro_concrete {pyro_concrete.__version__}, "
         f"python {platform.python_version()}",
+        *([] if device is None else [device_line(device)]),
         f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs), torch threads: {torch.get_num_threads()}",
         f"torch default argument/sample validation: {'on' if validation else 'OFF'} "
         "(left as is, for every distribution)",

@@ -20,10 +20,16 @@ torch's relaxed distributions broadcast a ``(n, 1)`` temperature against ``log_p
 ``(n,)`` result and return ``(n, n)``; the script takes the diagonal, which is each row's own
 density. Rows are processed in chunks to keep that square small.
 
+The logits are drawn on the CPU from the seed; ``--device cuda`` (or another torch device)
+moves them there and computes everything there (the rates can then differ slightly from the
+CPU's: other noise, other rounding in the kernels); the device is named in the header and in
+every CSV row, and one this machine does not have exits with status 69 before anything runs.
+
 Run from the repository root::
 
     python benchmarks/numerics.py              # the full grid, 10,000 samples per cell
     python benchmarks/numerics.py --samples 500 --temperatures 0.1 --ks 10 100
+    python benchmarks/numerics.py --device cuda  # writes results/numerics_cuda.csv
 """
 
 from __future__ import annotations
@@ -36,7 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from _common import RESULTS_DIR, display_path, environment_lines, format_table, write_csv
+from _common import (
+    RESULTS_DIR,
+    add_device_argument,
+    device_name,
+    display_path,
+    environment_lines,
+    format_table,
+    resolve_device,
+    write_csv,
+)
 from torch.distributions import RelaxedOneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from tqdm import tqdm
@@ -106,7 +121,7 @@ class CellResult:
 def measure_chunk(contender: Contender, logits: torch.Tensor, temperature: float, out: CellResult) -> None:
     """Samples one row per logits vector and adds the chunk's counts to ``out``."""
     n = logits.shape[0]
-    temp = torch.full((n, 1), temperature, dtype=logits.dtype, requires_grad=True)
+    temp = torch.full((n, 1), temperature, dtype=logits.dtype, device=logits.device, requires_grad=True)
     logits = logits.detach().clone().requires_grad_()
     d = contender.make(temp, logits, None)  # None: torch's default validation
     x = d.rsample()
@@ -159,11 +174,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES), help="floating-point types"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the logits and of the noise")
+    add_device_argument(parser)
     parser.add_argument(
-        "--csv", default=str(RESULTS_DIR / "numerics.csv"), help="where to write the per-cell results"
+        "--csv",
+        help=f"where to write the per-cell results (default: {display_path(RESULTS_DIR / 'numerics.csv')} "
+        "on the CPU, numerics_<device type>.csv elsewhere)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    args.device = resolve_device(parser, args.device)
+    if args.csv is None:
+        suffix = "" if args.device.type == "cpu" else f"_{args.device.type}"
+        args.csv = str(RESULTS_DIR / f"numerics{suffix}.csv")
     if args.samples < 1 or min(args.ks) < 2 or min(args.temperatures) <= 0:
         parser.error("need --samples >= 1, every K >= 2 and every temperature > 0")
     return args
@@ -180,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         # The same logits (drawn in float64, then cast) for every contender in the cell.
         logits64 = LOGITS_SCALE * torch.randn(args.samples, k, dtype=torch.float64, generator=generator)
-        logits = logits64.to(DTYPES[dtype_name])
+        logits = logits64.to(device=args.device, dtype=DTYPES[dtype_name])
         row: list[object] = [dtype_name, f"{temperature:g}", k]
         for c_index, contender in enumerate(CONTENDERS):
             res = measure_cell(contender, logits, temperature, seed=args.seed + 1000 * index + c_index)
@@ -198,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     "nonfinite_grad_temperature": res.rate("dtmp"),
                     "degenerate_sample_rows": res.rate("zero"),
                     "validation": "raises" if res.raises else "ok",
+                    "device": device_name(args.device),
                 }
             )
         table_rows.append(row)
@@ -208,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         f"logits ~ N(0, {LOGITS_SCALE:g}^2), {args.samples} samples per cell, seed {args.seed}; "
         f"run time {elapsed:.0f} s"
     )
-    for line in environment_lines():
+    for line in environment_lines(args.device):
         print(line)
     print()
     headers = ["dtype", "tau", "K"] + [*METRICS, "valid"] * len(CONTENDERS)

@@ -20,10 +20,18 @@ calls that raised are not timed; if most of its calls raise, it is timed with
 ``validate_args=False`` from then on (which favours the anchor). The notes under the table
 say which.
 
+``--device cuda`` (or any torch device) builds every contender's inputs there (the same numbers
+as on the CPU: drawn on the CPU from the seed, then moved) and waits for the device to finish
+its queued work before each reading of the clock (``torch.cuda.synchronize``), so that a call's
+time is that of its kernels, not of their launch. A device this machine does not have ends
+the script before anything runs, with a message and exit status 69; the device is named in the
+header and in every CSV row.
+
 Run from the repository root::
 
     python benchmarks/speed.py
     python benchmarks/speed.py --shapes 4096x64 --repeats 30
+    python benchmarks/speed.py --device cuda        # writes results/speed_cuda.csv
 """
 
 from __future__ import annotations
@@ -42,7 +50,17 @@ from pathlib import Path
 import pyro.distributions as pyro_dist
 import torch
 import torch.nn.functional as F
-from _common import RESULTS_DIR, display_path, environment_lines, format_table, write_csv
+from _common import (
+    RESULTS_DIR,
+    add_device_argument,
+    device_name,
+    display_path,
+    environment_lines,
+    format_table,
+    resolve_device,
+    synchronizer,
+    write_csv,
+)
 from torch.distributions import RelaxedOneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from tqdm import tqdm
@@ -163,6 +181,7 @@ class Task:
     contender: Contender
     operation: str
     inputs: Inputs
+    sync: Callable[[], None]  # waits for the device's queued work (a no-op on the CPU)
     run: Thunk = field(init=False)
     times: list[float] = field(default_factory=list)
     calls: int = 0  # under validation
@@ -180,8 +199,10 @@ class Task:
     def step(self) -> None:
         """Runs once and records the time; a call that raises a validation error is not timed."""
         try:
+            self.sync()  # nothing queued before the clock starts
             start = time.perf_counter()
             self.run()
+            self.sync()  # the call's kernels done before it stops
             elapsed = time.perf_counter() - start
         except ValueError as error:
             if self.validation_off or self.contender.ours:
@@ -207,13 +228,20 @@ class Task:
         return note + "timed the calls that passed"
 
 
-def make_inputs(n: int, k: int, temperature: float, generator: torch.Generator) -> Inputs:
-    logits = torch.randn(n, k, generator=generator, dtype=DTYPE).requires_grad_()
+def make_inputs(
+    n: int, k: int, temperature: float, generator: torch.Generator, device: torch.device
+) -> Inputs:
+    """The inputs of one shape on ``device``, drawn on the CPU from ``generator`` (the same
+    numbers on every device)."""
+
+    def draw() -> torch.Tensor:
+        return torch.randn(n, k, generator=generator, dtype=DTYPE, device="cpu").to(device)
+
     return Inputs(
-        logits=logits,
-        temperature=torch.tensor(temperature, dtype=DTYPE),
-        temperature_grad=torch.tensor(temperature, dtype=DTYPE, requires_grad=True),
-        weights=torch.randn(n, k, generator=generator, dtype=DTYPE),
+        logits=draw().requires_grad_(),
+        temperature=torch.tensor(temperature, dtype=DTYPE, device=device),
+        temperature_grad=torch.tensor(temperature, dtype=DTYPE, device=device, requires_grad=True),
+        weights=draw(),
     )
 
 
@@ -299,9 +327,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of every contender")
     parser.add_argument("--threads", type=int, help="torch threads (torch's own choice when not given)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, the noise and the order")
-    parser.add_argument("--csv", default=str(RESULTS_DIR / "speed.csv"), help="where to write the timings")
+    add_device_argument(parser)
+    parser.add_argument(
+        "--csv",
+        help=f"where to write the timings (default: {display_path(RESULTS_DIR / 'speed.csv')} on the CPU, "
+        "speed_<device type>.csv elsewhere)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    args.device = resolve_device(parser, args.device)
+    if args.csv is None:
+        suffix = "" if args.device.type == "cpu" else f"_{args.device.type}"
+        args.csv = str(RESULTS_DIR / f"speed{suffix}.csv")
     args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]  # the defaults
     if args.repeats < 3 or args.warmup < 1 or args.temperature <= 0:
         parser.error("need --repeats >= 3, --warmup >= 1 and --temperature > 0")
@@ -362,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    device: torch.device = args.device
+    sync = synchronizer(device)
     generator = torch.Generator().manual_seed(args.seed)
     rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # the noise, on every device
     results: dict[tuple[int, int], dict[tuple[str, str], Task]] = {}
     rounds: dict[tuple[int, int], int] = {}
     started = time.perf_counter()
@@ -376,22 +415,27 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     ) as progress:
         for n, k in args.shapes:
-            inputs = make_inputs(n, k, args.temperature, generator)
-            tasks = [Task(c, op, inputs) for c in CONTENDERS for op in c.operations]
+            inputs = make_inputs(n, k, args.temperature, generator, device)
+            tasks = [Task(c, op, inputs, sync) for c in CONTENDERS for op in c.operations]
             rounds[n, k] = time_shape(tasks, args.repeats, args.warmup, args.max_seconds, rng, progress)
             results[n, k] = {(t.contender.name, t.operation): t for t in tasks}
             del tasks, inputs
             gc.collect()
     elapsed = time.perf_counter() - started
 
-    print("Median time (ms) per call, float32; ratio = anchor time / time of ours (> 1: ours faster)")
+    print(
+        f"Median time (ms) per call on {device_name(device)}, float32; "
+        "ratio = anchor time / time of ours (> 1: ours faster)"
+    )
+    if device.type != "cpu":
+        print("each call timed from a synchronised device to a synchronised device (its kernels included)")
     per_shape = ", ".join(f"{n}x{k}: {r}" for (n, k), r in rounds.items())
     print(f"temperature {args.temperature:g}, seed {args.seed}, run time {elapsed:.0f} s")
     print(
         f"per shape: {args.warmup} warm-up rounds, then timed rounds (at most {args.repeats} or "
         f"{args.max_seconds:g} s): {per_shape}"
     )
-    for line in environment_lines():
+    for line in environment_lines(device):
         print(line)
     print()
 
@@ -426,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                         "validation": task.validation_note(),
                         "temperature": args.temperature,
                         "dtype": "float32",
+                        "device": device_name(device),
                         "torch": torch.__version__,
                         "threads": torch.get_num_threads(),
                     }
@@ -453,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             "are unreliable; rerun on an idle machine (or with --threads 1 if the cores are shared)."
         )
     print()
-    print("Targets of the issue (* as above):")
+    print("Targets of the issue (* as above)" + (":" if device.type == "cpu" else ", set for the CPU:"))
     print(format_table(["target", "shape", "measured", "verdict"], check_targets(results), left=2))
     path = write_csv(Path(args.csv), csv_rows)
     print(f"\nwrote {display_path(path)}")

@@ -33,9 +33,15 @@ hits all sides alike; the times are medians over rounds, after warm-up rounds. T
 other side's median time over ours: above 1, ours is faster. torch's default argument validation
 is left as it is (on) for our classes; the plain-torch code validates nothing.
 
+``--device cuda`` (or another torch device) puts the parameters there (drawn on the CPU from the
+seed, then moved) and synchronises the device before each reading of the clock; the SciPy
+assignment of the straight-through permutation samplers still runs on the CPU, on both sides.
+A device this machine does not have exits with status 69 before anything runs.
+
 Run from the repository root::
 
     python benchmarks/structured.py                  # 2 to 2.5 minutes on 2 cores
+    python benchmarks/structured.py --device cuda    # writes results/structured_cuda.csv
     python benchmarks/structured.py --quick          # small shapes, a smoke run of seconds
     python benchmarks/structured.py --repeats 100 --threads 2
 """
@@ -54,7 +60,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import RESULTS_DIR, display_path, environment_lines, format_table, write_csv
+from _common import (
+    RESULTS_DIR,
+    add_device_argument,
+    device_name,
+    display_path,
+    environment_lines,
+    format_table,
+    resolve_device,
+    synchronizer,
+    write_csv,
+)
 from scipy.optimize import linear_sum_assignment
 from tqdm import tqdm
 
@@ -212,6 +228,7 @@ class Task:
     contender: Contender
     params: torch.Tensor  # leaf, requires grad
     weights: torch.Tensor  # the fixed linear function of the sample
+    sync: Callable[[], None]  # waits for the device's queued work (a no-op on the CPU)
     times: list[float] = field(default_factory=list)
 
     def run(self) -> torch.Tensor:
@@ -221,8 +238,10 @@ class Task:
         return x
 
     def step(self) -> None:
+        self.sync()  # nothing queued before the clock starts
         start = time.perf_counter()
         self.run()
+        self.sync()  # the step's kernels done before it stops
         self.times.append(time.perf_counter() - start)
 
 
@@ -314,8 +333,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.5, help="temperature of every contender")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs, the noise and the order")
+    add_device_argument(parser)
     parser.add_argument(
-        "--csv", default=str(RESULTS_DIR / "structured.csv"), help="where to write the timings"
+        "--csv",
+        help=f"where to write the timings (default: {display_path(RESULTS_DIR / 'structured.csv')} on the "
+        "CPU, structured_<device type>.csv elsewhere)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -324,6 +346,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="small shapes and few rounds: a smoke run of seconds",
     )
     args = parser.parse_args(argv)
+    args.device = resolve_device(parser, args.device)
+    if args.csv is None:
+        suffix = "" if args.device.type == "cpu" else f"_{args.device.type}"
+        args.csv = str(RESULTS_DIR / f"structured{suffix}.csv")
     if not hasattr(args, "repeats"):
         args.repeats = QUICK_REPEATS if args.quick else REPEATS
     if args.repeats < 3 or args.warmup < 1 or args.temperature <= 0 or args.threads < 1:
@@ -382,6 +408,7 @@ def csv_rows(results: list[ShapeResult], args: argparse.Namespace) -> list[dict[
                     "ratio_vs_ours": median_ms(task) / median_ms(ours),
                     "temperature": args.temperature,
                     "dtype": "float32",
+                    "device": device_name(args.device),
                     "torch": torch.__version__,
                     "threads": torch.get_num_threads(),
                 }
@@ -392,18 +419,20 @@ def csv_rows(results: list[ShapeResult], args: argparse.Namespace) -> list[dict[
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    generator = torch.Generator().manual_seed(args.seed)
+    device: torch.device = args.device
+    sync = synchronizer(device)
+    generator = torch.Generator().manual_seed(args.seed)  # on the CPU: the same inputs on every device
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     subset_shapes = QUICK_SUBSET_SHAPES if args.quick else SUBSET_SHAPES
     permutation_shapes = QUICK_PERMUTATION_SHAPES if args.quick else PERMUTATION_SHAPES
     t = args.temperature
 
-    def leaf(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=DTYPE).requires_grad_()
-
     def fixed(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator, dtype=DTYPE)
+        return torch.randn(*shape, generator=generator, dtype=DTYPE, device="cpu").to(device)
+
+    def leaf(*shape: int) -> torch.Tensor:
+        return fixed(*shape).requires_grad_()
 
     results: list[ShapeResult] = []
     started = time.perf_counter()
@@ -416,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as progress:
         for n, num_items, k in subset_shapes:
             logits, weights = leaf(n, num_items), fixed(n, num_items)
-            tasks = [Task(c, logits, weights) for c in subset_contenders(k, t)]
+            tasks = [Task(c, logits, weights, sync) for c in subset_contenders(k, t)]
             time_tasks(tasks, args.repeats, args.warmup, rng, progress)
             results.append(
                 ShapeResult(
@@ -429,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         for b, size in permutation_shapes:
             scores, weights = leaf(b, size, size), fixed(b, size, size)
-            tasks = [Task(c, scores, weights) for c in permutation_contenders(t)]
+            tasks = [Task(c, scores, weights, sync) for c in permutation_contenders(t)]
             time_tasks(tasks, args.repeats, args.warmup, rng, progress)
             results.append(
                 ShapeResult(
@@ -438,13 +467,16 @@ def main(argv: list[str] | None = None) -> int:
             )
     elapsed = time.perf_counter() - started
 
-    print("Median time (ms) of one step: construction + rsample + backward of (x * w).sum(), float32")
+    print(
+        f"Median time (ms) of one step on {device_name(device)}: construction + rsample + backward of "
+        "(x * w).sum(), float32"
+    )
     print("ratio = their time / our time (> 1: ours faster)")
     print(
         f"temperature {t:g}, seed {args.seed}, {args.warmup} warm-up + {args.repeats} timed interleaved "
         f"rounds per shape, run time {elapsed:.0f} s"
     )
-    for line in environment_lines():
+    for line in environment_lines(device):
         print(line)
     print()
     subsets = [r for r in results if r.family == "subset"]
