@@ -3,14 +3,17 @@
 Every distribution of the package samples and scores through these functions, and they
 are usable on their own in a plain PyTorch training loop. Every kernel is a composition of
 differentiable torch operations (derivatives of every order, ``torch.func``, JIT and
-``torch.compile`` work), and every kernel reads the temperature the same way: a Python
-number or a Tensor with one temperature per batch element (see
-:func:`~pyro_concrete.parameters.kernel_temperature`). One submodule per role:
+``torch.compile`` work) but one: in eager mode the categorical Gumbel-Rao estimator has a
+hand-written backward pass that gives the composition's derivatives of every order, and
+the composition itself runs under ``torch.func``, JIT and ``torch.compile``. Every kernel
+reads the temperature the same way: a Python number or a Tensor with one temperature per
+batch element (see :func:`~pyro_concrete.parameters.kernel_temperature`). One submodule per role:
 
 - :mod:`.noise`: Gumbel and Logistic noise, safe logarithms;
 - :mod:`.concrete`: the categorical Concrete sampler and log-densities;
 - :mod:`.binary`: the binary Concrete sampler and log-densities;
-- :mod:`.straight_through`: hard samples with the ST, Gumbel-Rao and ReinMax gradients.
+- :mod:`.straight_through`: hard samples with the ST, Gumbel-Rao and ReinMax gradients;
+- :mod:`.gumbel_rao`: the categorical Gumbel-Rao kernel and its noise.
 """
 
 from .binary import (

@@ -15,6 +15,8 @@ Estimators (``estimator=``):
   over ``rao_samples`` draws of the noise conditioned on the sampled ``D``; the same
   expectation as ``"st"`` and lower variance. The noise that drew ``D`` is one of the
   conditional draws (it is one, given ``D``), so ``rao_samples=1`` is exactly ``"st"``.
+  The categorical kernel is :mod:`.gumbel_rao` (closed-form draws, a hand-written backward
+  pass in eager mode with the derivatives of every order of the composition it replaces).
 - ``"reinmax"``: ReinMax (Liu et al. 2023, Algorithm 2), a second-order (Heun) correction:
   forward ``D ~ Categorical(π)``, backward the Jacobian of
   ``2 π1 - π / 2`` with ``π1 = (D + softmax(θ / τ)) / 2`` read as a softmax of θ (that is,
@@ -26,8 +28,9 @@ Estimators (``estimator=``):
 Every estimator is written as ``hard + (surrogate - surrogate.detach())``: the difference is
 exactly ``+0.0`` for a finite surrogate, so the forward value is bitwise the hard sample
 (unlike ``hard - soft.detach() + soft``, which rounds: ``1 - s + s`` need not be ``1``),
-and the derivatives of every order are the surrogate's. Being plain torch operations, the
-estimators work under ``torch.func``, ``torch.jit.trace`` and ``torch.compile``. Masked
+and the derivatives of every order are the surrogate's. The estimators work under
+``torch.func``, ``torch.jit.trace`` and ``torch.compile`` (where Gumbel-Rao runs as plain torch
+operations). Masked
 categories (``-inf`` logits) are never drawn and get zero gradient; infinite binary logits
 are certain outcomes. When no gradient is needed (``torch.no_grad()`` or inputs that do not
 require grad), only the hard sample is drawn.
@@ -45,7 +48,8 @@ from .._checks import check_int
 from ..parameters import compute_dtype, concrete_parameters
 from .binary import certain_outcomes, logit_sample
 from .concrete import floored_exp, log_sample, shifted_logits, structural_zeros
-from .noise import draw_gumbel, draw_logistic, draw_softmax_noise
+from .gumbel_rao import gumbel_rao_soft_mean
+from .noise import draw_gumbel, draw_logistic, draw_softmax_noise  # noqa: F401 (doctests)
 
 __all__ = [
     "ESTIMATORS",
@@ -229,13 +233,10 @@ def sample_one_hot(
         y = log_sample(theta, tau, draw_softmax_noise(shape, dtype, theta.device), masked, out_dtype)
         hard = _one_hot(y.argmax(-1, keepdim=True), num_categories, out_dtype)
         return _straight_through(hard, floored_exp(y, masked))
-    # The first draw decides D and is itself a draw of the noise given D; the others are
-    # drawn given D.
-    gumbel = draw_gumbel(torch.Size([draws]) + shape, dtype, theta.device)
-    index = (theta + gumbel[0]).argmax(-1, keepdim=True)
-    noise = torch.cat([gumbel[:1], conditional_gumbel(theta, index, gumbel[1:])])
-    soft = floored_exp(log_sample(theta, tau, noise, masked, out_dtype), masked).mean(0)
-    return _straight_through(_one_hot(index, num_categories, out_dtype), soft)
+    # Gumbel-Rao: k draws of the noise given D, the first of which decides D.
+    rows = theta.expand(shape).reshape(-1, num_categories)
+    index, soft = gumbel_rao_soft_mean(rows, tau.expand(shape[:-1] + (1,)).reshape(-1, 1), draws)
+    return _straight_through(_one_hot(index, num_categories, out_dtype).view(shape), soft.view(shape))
 
 
 # -- binary ---------------------------------------------------------------------------

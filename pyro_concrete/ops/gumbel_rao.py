@@ -1,0 +1,254 @@
+"""The categorical Gumbel-Rao estimator (Paulus, Maddison & Krause 2020), at the cost of its draws.
+
+Gumbel-Rao returns the Gumbel-max sample ``D`` and, as its gradient, the straight-through
+gradient averaged over ``k`` draws of the noise conditioned on ``D``: the Jacobian of
+``s̄ = (1/k) Σ_i softmax((θ + G'_i) / τ)``. Its cost is set by those draws: ``k`` random
+numbers per element. This module spends little else.
+
+**The draws in closed form.** With ``w = exp θ``, ``Z = Σ w``, ``p = w / Z`` and independent
+standard Exponential variables ``E_ij = -log u_ij``, a draw of ``θ + G'`` given ``D`` is
+``M = log Z - log E_iD`` at ``D`` and ``-log(E_iD / Z + E_ij / w_j)`` elsewhere (the
+truncated Gumbels of :func:`~pyro_concrete.ops.conditional_gumbel`). Only differences within
+a row matter to a softmax, and relative to ``M`` they are
+
+    ``ℓ_ij = -log(1 + (E_ij / E_iD) / p_j) = -(log(1 / p_j) + log(p_j + E_ij / E_iD))``,
+
+``ℓ_iD = 0``. The second form never overflows (``p_j`` may underflow to 0, where the ratio
+takes over; a masked category has ``log(1 / p_j)`` of order ``finfo.max`` and a soft value of
+exactly 0). A soft sample is then ``exp(ℓ_i / τ)`` over its row sum, which is at least 1: per
+element and draw, one uniform number, two logarithms and one exponential, on a buffer owned
+by the kernel and updated in place. The first draw is the one that decides ``D`` (noise that
+produced ``D`` is one draw of the noise given ``D``), so ``k`` draws need ``k`` random numbers
+per element in all.
+
+**Uniform numbers from random bits.** ``aten::random`` fills an int64 buffer with 63
+random bits per word at a fraction of the cost of ``torch.rand`` per float32 number (about
+1.7x less per number on CPU, measured); each 32-bit half of a word gives 23 bits ``m``, and
+``u = (m + 1/2) 2^-23`` (exact) is uniform on the midpoints of a grid: never 0 nor 1, so
+``E`` is finite and positive (float64: 52 bits per word, ``u`` in ``[2^-53, 1 - 2^-53]``).
+
+**The gradient.** The Jacobian of a softmax is symmetric, so the vector-Jacobian product
+needs only the soft samples ``s_i``: with respect to ``θ``,
+``(s̄ ⊙ g - (1/k) Σ_i s_i (s_i · g)) / τ``, two batched matrix products; with respect to
+``τ``, ``-(1/(k τ)) Σ_i [(s_i ⊙ log s_i) · g - (s_i · log s_i)(s_i · g)]`` (the Jacobian
+annihilates each row's constant, so ``log s_i`` stands for ``ℓ_i / τ``). Where a second
+derivative is asked for (``create_graph=True``), the backward pass rebuilds the soft samples
+as ``softmax((θ - θ.detach() + τ.detach() log s_i) / τ)``, equal in value and differentiable,
+and evaluates the same formulas on them: derivatives of every order are those of ``s̄``.
+Under ``torch.jit.trace``, ``torch.compile`` and ``torch.func`` the same numbers come from a
+plain composition of torch operations (softmax and mean over the draws), which autograd and
+the transforms differentiate themselves.
+
+**Memory.** The draws are made in blocks of rows of about :data:`BLOCK_ELEMENTS` numbers,
+small enough for the allocator to reuse (a large fresh buffer costs a page fault per 4 KiB
+on every call, measured to double the time of a pass). The soft samples, ``k`` per element,
+are kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .concrete import _inside_function_transform
+
+__all__ = ["BLOCK_ELEMENTS", "draw_log_uniform", "draw_uniform_midpoints", "gumbel_rao_soft_mean"]
+
+# Random numbers per block of rows: 4 MiB of float32, reused by the allocator between calls.
+BLOCK_ELEMENTS = 1 << 20
+
+_MANTISSA_BITS = {torch.float32: 23, torch.float64: 52}
+_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
+_ONE_BITS = {torch.float32: 0x3F800000, torch.float64: 0x3FF0000000000000}
+
+
+def draw_log_uniform(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``log u`` for ``u`` from :func:`draw_uniform_midpoints`: ``-log u`` is a standard
+    Exponential variable (on a grid: its largest value 16.6 in float32, 36.7 in float64, as
+    for ``torch.rand``), finite and positive.
+
+    Example::
+
+        >>> e = -draw_log_uniform(torch.Size([100_000]), torch.float32, torch.device("cpu"))
+        >>> bool(0.98 < e.mean() < 1.02)   # standard Exponential
+        True
+    """
+    return draw_uniform_midpoints(shape, dtype, device).log_()
+
+
+def draw_uniform_midpoints(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``u`` uniform on the midpoints ``(m + 1/2) 2^-b``, ``m < 2^b``, of ``(0, 1)``: never 0 nor 1.
+
+    ``b`` is the mantissa width of ``dtype`` (23 for float32, 52 for float64). Drawn as random
+    bits (``aten::random``, whose 64-bit draws give two float32 numbers each: the same stream
+    in eager mode, under ``torch.jit.trace`` and under ``torch.compile``); inside ``torch.func``
+    transforms, by ``torch.randint`` (a different stream of the same law), which
+    ``vmap(randomness="different")`` batches.
+
+    Args:
+        shape (torch.Size): shape of the result.
+        dtype (torch.dtype): ``torch.float32`` or ``torch.float64``.
+        device (torch.device): where to draw.
+
+    Returns:
+        Tensor: a fresh buffer the caller owns.
+    """
+    bits = _MANTISSA_BITS[dtype]
+    # vmap batches randint, not a draw into an unbatched buffer (torch.compile's tracing
+    # looks like a transform from inside, and draws as eager mode does).
+    if _inside_function_transform() and not torch.compiler.is_compiling():
+        mantissa = torch.randint(0, 1 << bits, tuple(shape), dtype=torch.int64, device=device)
+        return mantissa.to(dtype).mul_(2.0**-bits).add_(2.0 ** -(bits + 1))
+    numel = math.prod(shape)
+    per_word = 64 // torch.finfo(dtype).bits
+    words = torch.empty(-(-numel // per_word), dtype=torch.int64, device=device)
+    # 63 random bits each (torch.compile traces the out-of-place form, the same numbers).
+    words = torch.ops.aten.random(words) if torch.compiler.is_compiling() else words.random_()
+    mask = (1 << bits) - 1
+    if torch.jit.is_tracing():  # no dtype views in a trace: the same numbers by conversion
+        halves = [words.bitwise_and(mask)]
+        if per_word == 2:  # the order of the view below on a little-endian machine
+            halves.append(words.bitwise_right_shift(32).bitwise_and_(mask))
+        mantissa = torch.stack(halves, -1).view(-1)[:numel].view(shape)
+        return mantissa.to(dtype).mul_(2.0**-bits).add_(2.0 ** -(bits + 1))
+    # 1 + m 2^-b in [1, 2) by setting the exponent bits; minus (1 - 2^-(b+1)), exactly.
+    mantissa = words.view(_INT_VIEW[dtype])[:numel].view(shape).bitwise_and_(mask)
+    return mantissa.bitwise_or_(_ONE_BITS[dtype]).view(dtype).sub_(1 - 2.0 ** -(bits + 1))
+
+
+def _row_constants(theta: Tensor) -> tuple[Tensor, Tensor]:
+    """``(p, log(1/p))`` of shifted logits: ``softmax θ`` and ``logsumexp θ - θ``."""
+    log_inv_p = theta.logsumexp(-1, keepdim=True) - theta
+    return torch.exp(-log_inv_p), log_inv_p
+
+
+def _eager() -> bool:
+    """Whether Python may keep per-call state between the forward and backward passes: not
+    while ``torch.jit.trace`` records, ``torch.compile`` traces or a ``torch.func`` transform
+    runs (they see the composition instead)."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _inside_function_transform())
+
+
+def _negated_log_ratios(theta: Tensor, draws: int, in_place: bool) -> tuple[Tensor, Tensor]:
+    """``(q, D)`` for one block of rows: ``q = -ℓ >= 0`` of shape ``(rows, draws, K)`` (the
+    module docstring; 0 at ``D``) and the Gumbel-max index ``D`` of shape ``(rows, 1)``,
+    decided by the first draw. Without gradient; ``theta`` is ``(rows, K)``, shifted.
+    ``in_place``: update the random buffer in place (eager mode), else out of place (the
+    same operations in the same order: the same numbers)."""
+    rows, num_categories = theta.shape
+    log_u = draw_log_uniform(torch.Size([rows, draws, num_categories]), theta.dtype, theta.device)
+    # The first draw: θ + G with G = -log(-log u); D is its argmax; q = x_D - x >= 0.
+    perturbed = theta - torch.log(-log_u[:, 0])
+    index = perturbed.argmax(-1, keepdim=True)
+    first = perturbed.gather(-1, index) - perturbed
+    # The others, given D: q = log(1/p) + log(p + E / E_D), and 0 at D.
+    p, log_inv_p = _row_constants(theta)
+    at_d = index.unsqueeze(-2).expand(rows, draws - 1, 1)
+    rest = log_u[:, 1:]
+    if in_place:
+        rest.div_(rest.gather(-1, at_d)).add_(p.unsqueeze(-2)).log_().add_(log_inv_p.unsqueeze(-2))
+        rest.scatter_(-1, at_d, 0.0)
+        log_u[:, 0] = first
+        return log_u, index
+    rest = (rest / rest.gather(-1, at_d) + p.unsqueeze(-2)).log() + log_inv_p.unsqueeze(-2)
+    return torch.cat([first.unsqueeze(-2), rest.scatter(-1, at_d, 0.0)], -2), index
+
+
+def _blocks(rows: int, draws: int, num_categories: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of blocks of rows of about :data:`BLOCK_ELEMENTS` random numbers."""
+    per_block = max(1, BLOCK_ELEMENTS // (draws * num_categories))
+    return [(start, min(start + per_block, rows)) for start in range(0, rows, per_block)]
+
+
+def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tuple[Tensor, Tensor]:
+    """The Gumbel-max index and the Gumbel-Rao surrogate ``s̄`` for rows of shifted logits.
+
+    Args:
+        theta (Tensor): ``(rows, K)`` logits shifted so that each row's largest is 0, masked
+            categories filled with a finite value about ``finfo.max`` below
+            (:func:`~pyro_concrete.ops.concrete.shifted_logits`), in the compute dtype.
+        temperature (Tensor): ``(rows, 1)``, positive.
+        draws (int): ``k >= 2``, the number of conditional noise draws.
+
+    Returns:
+        ``(index, s̄)``: ``(rows, 1)`` int64 Gumbel-max categories, and ``(rows, K)``, the mean
+        over the draws of the soft samples, differentiable with respect to ``theta`` and
+        ``temperature`` to every order (its value is a set of probability vectors; exact 0
+        at masked categories).
+    """
+    blocks = _blocks(theta.shape[0], draws, theta.shape[1])
+    indices = []
+    if _eager():
+        # The soft samples computed in place, without autograd; _SoftMean's backward pass.
+        soft = []
+        with torch.no_grad():
+            for start, stop in blocks:
+                q, index = _negated_log_ratios(theta[start:stop].detach(), draws, in_place=True)
+                s = q.div_(-temperature[start:stop].detach().unsqueeze(-1)).exp_()
+                soft.append(s.div_(s.sum(-1, keepdim=True)))
+                indices.append(index)
+        return torch.cat(indices), _SoftMean.apply(theta, temperature, *soft)
+    # The composition: the same values, differentiated by autograd and the transforms.
+    means = []
+    for start, stop in blocks:
+        rows = theta[start:stop]
+        with torch.no_grad():
+            q, index = _negated_log_ratios(rows.detach(), draws, in_place=False)
+        logits = ((rows - rows.detach()).unsqueeze(-2) - q) * temperature[start:stop].unsqueeze(
+            -1
+        ).reciprocal()
+        # Clamped where a masked category's -q / τ overflows, and multiplied by 1/τ: no inf
+        # enters the τ-derivative (as in :func:`~pyro_concrete.ops.concrete.log_sample`).
+        means.append(torch.softmax(logits.clamp_min(torch.finfo(q.dtype).min), -1).mean(-2))
+        indices.append(index)
+    return torch.cat(indices), torch.cat(means)
+
+
+class _SoftMean(torch.autograd.Function):
+    """``s̄`` from soft samples computed without autograd, with the vector-Jacobian product of
+    the module docstring (and, under ``create_graph``, a differentiable one)."""
+
+    @staticmethod
+    def forward(theta: Tensor, temperature: Tensor, *soft: Tensor) -> Tensor:
+        return torch.cat([s.mean(-2) for s in soft])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        theta, temperature, *soft = inputs
+        ctx.save_for_backward(theta, temperature, *soft)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        theta, temperature, *soft = ctx.saved_tensors
+        needs_theta, needs_tau = ctx.needs_input_grad[:2]
+        grads_theta, grads_tau = [], []
+        start = 0
+        for s in soft:
+            stop = start + s.shape[0]
+            tau = temperature[start:stop]
+            if torch.is_grad_enabled():  # create_graph: the soft samples as functions of θ, τ
+                rows = theta[start:stop]
+                # A 0 (a masked category) stays exactly 0, with derivative 0; the smallest
+                # normal float in its place keeps inf out of the τ-derivative.
+                zero = s == 0
+                log_s = torch.log(s.masked_fill(zero, torch.finfo(s.dtype).tiny))
+                scaled = (rows - rows.detach()).unsqueeze(-2) + tau.detach().unsqueeze(-1) * log_s
+                s = torch.softmax(scaled / tau.unsqueeze(-1), -1).masked_fill(zero, 0.0)
+            g = grad[start:stop].unsqueeze(-1)  # (rows, K, 1)
+            dots = (s * g.transpose(-1, -2)).sum(-1, keepdim=True)  # s_i · g: (rows, draws, 1)
+            draws = s.shape[-2]
+            if needs_theta:
+                mixed = torch.matmul(dots.transpose(-1, -2), s).squeeze(-2)  # Σ_i s_i (s_i · g)
+                grads_theta.append((s.mean(-2) * grad[start:stop] - mixed / draws) / tau)
+            if needs_tau:
+                s_log_s = torch.xlogy(s, s)
+                terms = (s_log_s * g.transpose(-1, -2)).sum(-1, keepdim=True) - s_log_s.sum(
+                    -1, keepdim=True
+                ) * dots
+                grads_tau.append(-terms.sum(-2) / (draws * tau))
+            start = stop
+        grad_theta = torch.cat(grads_theta) if needs_theta else None
+        grad_tau = torch.cat(grads_tau) if needs_tau else None
+        return (grad_theta, grad_tau) + (None,) * len(soft)

@@ -1,0 +1,184 @@
+"""The Gumbel-Rao kernel (``pyro_concrete.ops.gumbel_rao``): its noise, its closed-form
+conditional draws, and its hand-written backward pass against the plain composition.
+
+Thresholds decided before running: goodness-of-fit tests pass at p > 1e-3; Monte-Carlo
+means agree within 4 standard errors (with a Bonferroni correction where several are
+compared at once).
+"""
+
+import math
+import warnings
+
+import pytest
+import torch
+from scipy import stats
+
+import pyro_concrete.ops.gumbel_rao as gr
+from pyro_concrete import ConcreteStraightThrough, ops
+from pyro_concrete.ops.concrete import shifted_logits
+
+F64 = torch.float64
+P_THRESHOLD = 1e-3
+CPU = torch.device("cpu")
+
+
+# -- the noise --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_uniform_numbers_lie_on_the_midpoint_grid_and_their_logs_are_exponential(dtype):
+    bits = {torch.float32: 23, torch.float64: 52}[dtype]
+    u = gr.draw_uniform_midpoints(torch.Size([3, 100_001]), dtype, CPU)  # an odd count of numbers
+    assert u.shape == (3, 100_001) and u.dtype == dtype
+    m = u.double() * 2.0**bits - 0.5 if dtype == torch.float32 else u * 2.0**bits - 0.5
+    assert torch.equal(m, m.round()) and m.min() >= 0 and m.max() <= 2**bits - 1
+    log_u = gr.draw_log_uniform(torch.Size([200_000]), dtype, CPU)
+    assert torch.isfinite(log_u).all() and (log_u < 0).all()
+    assert stats.kstest(-log_u.double().numpy(), "expon").pvalue > P_THRESHOLD
+
+
+def test_uniform_numbers_use_every_low_bit_of_both_halves_of_a_word():
+    """Each 32-bit half of a 64-bit draw gives one float32 number: the lowest 8 bits of the
+    mantissas at even positions (low halves) and odd positions (high halves) are uniform."""
+    u = gr.draw_uniform_midpoints(torch.Size([400_000]), torch.float32, CPU)
+    low_bits = ((u.double() * 2**23 - 0.5).long() % 256).view(-1, 2)
+    for half in (low_bits[:, 0], low_bits[:, 1]):
+        counts = torch.bincount(half, minlength=256).numpy()
+        assert stats.chisquare(counts).pvalue > P_THRESHOLD
+
+
+def test_uniform_numbers_are_the_same_under_trace_and_under_a_transform_they_differ_per_entry():
+    def draw(x):
+        return x + gr.draw_uniform_midpoints(torch.Size([7]), torch.float32, CPU)
+
+    torch.manual_seed(3)
+    eager = draw(torch.zeros(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.manual_seed(3)
+        traced = torch.jit.trace(draw, (torch.zeros(7),), check_trace=False)
+    torch.manual_seed(3)
+    assert torch.equal(traced(torch.zeros(7)), eager)
+    rows = torch.func.vmap(draw, randomness="different")(torch.zeros(2, 7))
+    assert not torch.equal(rows[0], rows[1])
+
+
+def test_log_uniform_is_reproducible_and_different_per_vmap_entry():
+    torch.manual_seed(3)
+    a = gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU)
+    torch.manual_seed(3)
+    assert torch.equal(a, gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU))
+    rows = torch.func.vmap(
+        lambda x: x + gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU), randomness="different"
+    )(torch.zeros(2, 5))
+    assert not torch.equal(rows[0], rows[1])
+
+
+# -- the draws given D ------------------------------------------------------------------
+
+
+def _logits():
+    return torch.tensor(
+        [
+            [0.3, -math.inf, -0.4, 1.0, 2.0],
+            [0.2, 0.5, torch.finfo(F64).min, -1.0, 0.0],
+            [1e8, 1e8, 1e8 - 1, 0, -3],
+        ],
+        dtype=F64,
+    )
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_closed_form_is_the_truncated_gumbel_construction(monkeypatch, in_place):
+    """q = x_D - x for the first draw's θ + G and for conditional_gumbel's draws from the same
+    Exponential variables (E = -log u, G = -log E)."""
+    theta, masked = shifted_logits(_logits())
+    draws = 6
+    log_u = gr.draw_log_uniform(torch.Size([3, draws, 5]), F64, CPU)
+    monkeypatch.setattr(gr, "draw_log_uniform", lambda *args: log_u.clone())
+    q, index = gr._negated_log_ratios(theta, draws, in_place=in_place)
+    gumbel = -torch.log(-log_u)
+    expected_index = (theta + gumbel[:, 0]).argmax(-1, keepdim=True)
+    assert torch.equal(index, expected_index)
+    x = torch.cat(
+        [
+            (theta + gumbel[:, 0]).unsqueeze(1),
+            theta.unsqueeze(1)
+            + ops.conditional_gumbel(theta.unsqueeze(1), index.unsqueeze(1), gumbel[:, 1:]),
+        ],
+        1,
+    )
+    expected = x.gather(-1, index.unsqueeze(1).expand(3, draws, 1)) - x
+    unmasked = ~masked.unsqueeze(1).expand_as(q)
+    torch.testing.assert_close(q[unmasked], expected[unmasked], rtol=1e-12, atol=1e-12)
+    assert (q[~unmasked] > 1e300).all()  # a masked category's soft value is exactly 0
+    assert (q.gather(-1, index.unsqueeze(1).expand(3, draws, 1)) == 0).all()
+
+
+def test_per_category_mean_gradients_are_the_st_conditional_means():
+    """Given D, the Gumbel-Rao gradient is E[ST gradient | D]: grouped by the sampled
+    category, the two estimators' mean gradients agree (ST's rows are draws of the
+    unconditional noise, the groups its argmax), and the categories' frequencies are the
+    categorical probabilities."""
+    num_categories, n, tau = 4, 20_000, 0.6
+    theta = torch.tensor([0.5, -0.3, 1.0, 0.0], dtype=F64)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
+
+    def per_row(estimator):
+        logits = theta.expand(n, num_categories).clone().requires_grad_()
+        z = ConcreteStraightThrough(tau, logits=logits, estimator=estimator, rao_samples=10).rsample()
+        (grad,) = torch.autograd.grad((z * weights).sum(), logits)
+        return z.argmax(-1), grad
+
+    (d_st, g_st), (d_gr, g_gr) = per_row("st"), per_row("gumbel_rao")
+    counts = torch.bincount(d_gr, minlength=num_categories).numpy()
+    expected = torch.softmax(theta, -1).numpy() * n
+    assert stats.chisquare(counts, expected).pvalue > P_THRESHOLD
+    z_limit = stats.norm.isf(P_THRESHOLD / (2 * num_categories**2))
+    for d in range(num_categories):
+        a, b = g_st[d_st == d], g_gr[d_gr == d]
+        se = (a.var(0) / len(a) + b.var(0) / len(b)).sqrt()
+        assert ((a.mean(0) - b.mean(0)).abs() < z_limit * se).all(), d
+
+
+# -- the backward pass ------------------------------------------------------------------
+
+
+def _surrogate(theta, tau, draws, seed):
+    torch.manual_seed(seed)
+    return gr.gumbel_rao_soft_mean(theta, tau, draws)
+
+
+@pytest.mark.parametrize("blocks", ["one", "several"])
+def test_hand_written_backward_is_the_compositions_to_second_order(monkeypatch, blocks):
+    if blocks == "several":
+        monkeypatch.setattr(gr, "BLOCK_ELEMENTS", 40)  # 2 rows of 4 draws x 5 categories
+    base, _ = shifted_logits(_logits())
+    weights = torch.randn(3, 5, dtype=F64)
+
+    def derivatives(eager):
+        monkeypatch.setattr(gr, "_eager", lambda: eager)
+        theta = base.clone().requires_grad_()
+        tau = torch.tensor([[0.4], [1.3], [0.7]], dtype=F64, requires_grad=True)
+        index, mean = _surrogate(theta, tau, 4, seed=11)
+        g_theta, g_tau = torch.autograd.grad((mean * weights).sum(), (theta, tau), create_graph=True)
+        h_theta, h_tau = torch.autograd.grad(g_theta.square().sum() + g_tau.sin().sum(), (theta, tau))
+        return index, mean, g_theta, g_tau, h_theta, h_tau
+
+    fused, composed = derivatives(True), derivatives(False)
+    assert type(fused[1].grad_fn).__name__ == "_SoftMeanBackward"
+    assert type(composed[1].grad_fn).__name__ != "_SoftMeanBackward"
+    for a, b in zip(fused, composed, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    masked = torch.isinf(_logits()) | (_logits() < -1e300)
+    assert (fused[1][masked] == 0).all() and (fused[2][masked] == 0).all()
+
+
+def test_first_derivatives_skip_what_is_not_asked_for():
+    theta = torch.randn(6, 7, dtype=F64, requires_grad=True)
+    tau = torch.full((6, 1), 0.5, dtype=F64)
+    _, mean = gr.gumbel_rao_soft_mean(theta, tau, 3)
+    (g,) = torch.autograd.grad(mean[:, 0].sum(), theta)
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g.sum(-1), torch.zeros(6, dtype=F64))  # a softmax's rows
