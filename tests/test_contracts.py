@@ -476,7 +476,7 @@ def _meta_tau(*shape):
 def _meta_draws():
     """Every function of the package that takes or makes tensors, called with every tensor
     argument on ``meta`` (``KEY: thunk``). Each returns tensors, all on ``meta``."""
-    from pyro_concrete.ops import sinkhorn, subset
+    from pyro_concrete.ops import gumbel_rao, sinkhorn, subset
 
     shape, binary, perm = torch.Size([3, K]), torch.Size([3]), torch.Size([3, K, K])
     unit = torch.sigmoid(_meta(3))
@@ -549,6 +549,17 @@ def _meta_draws():
         ),
         "ops.sinkhorn.hard_assignment": lambda: sinkhorn.hard_assignment(_meta(*perm)),
         "ops.sinkhorn.log_sinkhorn": lambda: sinkhorn.log_sinkhorn(_meta(*perm, grad=True), 3),
+        "ops.concrete.floored_exp": lambda: (
+            ops.concrete.floored_exp(_meta(*shape, grad=True)),
+            ops.concrete.floored_exp(_meta(*shape, grad=True), ops.structural_zeros(_meta(*shape))),
+        ),
+        "ops.gumbel_rao.draw_log_uniform": lambda: gumbel_rao.draw_log_uniform(shape, F64, M),
+        "ops.gumbel_rao.draw_uniform_midpoints": lambda: gumbel_rao.draw_uniform_midpoints(
+            shape, torch.float32, M
+        ),
+        "ops.gumbel_rao.gumbel_rao_soft_mean": lambda: gumbel_rao.gumbel_rao_soft_mean(
+            _meta_logits(*shape), _meta_tau(3, 1), 3
+        ),
         "kl.binary_relaxed_kl": lambda: pc.kl.binary_relaxed_kl(_meta_logits(3), _meta_logits(3)),
         "kl.categorical_relaxed_kl": lambda: pc.kl.categorical_relaxed_kl(
             _meta_logits(*shape), _meta_logits(*shape)
@@ -558,15 +569,21 @@ def _meta_draws():
 
 
 def _public_tensor_functions() -> set[str]:
-    from pyro_concrete.ops import sinkhorn, subset
+    """``ops.NAME`` for the functions ``ops`` exports, ``ops.MODULE.NAME`` for those only its
+    submodules export, ``kl.NAME``: every public function that takes or returns tensors."""
+    import importlib
+    import pkgutil
 
-    not_tensor_functions = {"ESTIMATORS", "check_estimator"}
-    return (
-        {f"ops.{n}" for n in ops.__all__ if n not in not_tensor_functions}
-        | {f"ops.subset.{n}" for n in subset.__all__}
-        | {f"ops.sinkhorn.{n}" for n in sinkhorn.__all__}
-        | {f"kl.{n}" for n in pc.kl.__all__}
-    )
+    no_tensors = {"check_estimator", "log_floor"}  # of strings and numbers, of a dtype
+
+    def functions(module):
+        return {n for n in module.__all__ if callable(getattr(module, n)) and n not in no_tensors}
+
+    names = {f"ops.{n}" for n in functions(ops)} | {f"kl.{n}" for n in functions(pc.kl)}
+    for info in pkgutil.iter_modules(ops.__path__):
+        submodule = importlib.import_module(f"{ops.__name__}.{info.name}")
+        names |= {f"ops.{info.name}.{n}" for n in functions(submodule) - set(ops.__all__)}
+    return names
 
 
 def test_the_meta_checks_cover_every_public_function():
