@@ -19,7 +19,7 @@ from pyro_concrete.ops.concrete import shifted_logits
 
 F64 = torch.float64
 P_THRESHOLD = 1e-3
-CPU = torch.device("cpu")
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 
 
 # -- the noise --------------------------------------------------------------------------
@@ -28,28 +28,28 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_uniform_numbers_lie_on_the_midpoint_grid_and_their_logs_are_exponential(dtype):
     bits = {torch.float32: 23, torch.float64: 52}[dtype]
-    u = gr.draw_uniform_midpoints(torch.Size([3, 100_001]), dtype, CPU)  # an odd count of numbers
+    u = gr.draw_uniform_midpoints(torch.Size([3, 100_001]), dtype, DEVICE)  # an odd count of numbers
     assert u.shape == (3, 100_001) and u.dtype == dtype
     m = u.double() * 2.0**bits - 0.5 if dtype == torch.float32 else u * 2.0**bits - 0.5
     assert torch.equal(m, m.round()) and m.min() >= 0 and m.max() <= 2**bits - 1
-    log_u = gr.draw_log_uniform(torch.Size([200_000]), dtype, CPU)
+    log_u = gr.draw_log_uniform(torch.Size([200_000]), dtype, DEVICE)
     assert torch.isfinite(log_u).all() and (log_u < 0).all()
-    assert stats.kstest(-log_u.double().numpy(), "expon").pvalue > P_THRESHOLD
+    assert stats.kstest(-log_u.double().cpu().numpy(), "expon").pvalue > P_THRESHOLD
 
 
 def test_uniform_numbers_use_every_low_bit_of_both_halves_of_a_word():
     """Each 32-bit half of a 64-bit draw gives one float32 number: the lowest 8 bits of the
     mantissas at even positions (low halves) and odd positions (high halves) are uniform."""
-    u = gr.draw_uniform_midpoints(torch.Size([400_000]), torch.float32, CPU)
+    u = gr.draw_uniform_midpoints(torch.Size([400_000]), torch.float32, DEVICE)
     low_bits = ((u.double() * 2**23 - 0.5).long() % 256).view(-1, 2)
     for half in (low_bits[:, 0], low_bits[:, 1]):
-        counts = torch.bincount(half, minlength=256).numpy()
+        counts = torch.bincount(half, minlength=256).cpu().numpy()
         assert stats.chisquare(counts).pvalue > P_THRESHOLD
 
 
 def test_uniform_numbers_are_the_same_under_trace_and_under_a_transform_they_differ_per_entry():
     def draw(x):
-        return x + gr.draw_uniform_midpoints(torch.Size([7]), torch.float32, CPU)
+        return x + gr.draw_uniform_midpoints(torch.Size([7]), torch.float32, DEVICE)
 
     torch.manual_seed(3)
     eager = draw(torch.zeros(7))
@@ -65,11 +65,11 @@ def test_uniform_numbers_are_the_same_under_trace_and_under_a_transform_they_dif
 
 def test_log_uniform_is_reproducible_and_different_per_vmap_entry():
     torch.manual_seed(3)
-    a = gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU)
+    a = gr.draw_log_uniform(torch.Size([5]), torch.float32, DEVICE)
     torch.manual_seed(3)
-    assert torch.equal(a, gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU))
+    assert torch.equal(a, gr.draw_log_uniform(torch.Size([5]), torch.float32, DEVICE))
     rows = torch.func.vmap(
-        lambda x: x + gr.draw_log_uniform(torch.Size([5]), torch.float32, CPU), randomness="different"
+        lambda x: x + gr.draw_log_uniform(torch.Size([5]), torch.float32, DEVICE), randomness="different"
     )(torch.zeros(2, 5))
     assert not torch.equal(rows[0], rows[1])
 
@@ -94,7 +94,7 @@ def test_closed_form_is_the_truncated_gumbel_construction(monkeypatch, in_place)
     Exponential variables (E = -log u, G = -log E)."""
     theta, masked = shifted_logits(_logits())
     draws = 6
-    log_u = gr.draw_log_uniform(torch.Size([3, draws, 5]), F64, CPU)
+    log_u = gr.draw_log_uniform(torch.Size([3, draws, 5]), F64, DEVICE)
     monkeypatch.setattr(gr, "draw_log_uniform", lambda *args: log_u.clone())
     q, index = gr._negated_log_ratios(theta, draws, in_place=in_place)
     gumbel = -torch.log(-log_u)
@@ -131,8 +131,8 @@ def test_per_category_mean_gradients_are_the_st_conditional_means():
         return z.argmax(-1), grad
 
     (d_st, g_st), (d_gr, g_gr) = per_row("st"), per_row("gumbel_rao")
-    counts = torch.bincount(d_gr, minlength=num_categories).numpy()
-    expected = torch.softmax(theta, -1).numpy() * n
+    counts = torch.bincount(d_gr, minlength=num_categories).cpu().numpy()
+    expected = torch.softmax(theta, -1).cpu().numpy() * n
     assert stats.chisquare(counts, expected).pvalue > P_THRESHOLD
     z_limit = stats.norm.isf(P_THRESHOLD / (2 * num_categories**2))
     for d in range(num_categories):

@@ -19,6 +19,7 @@ from scipy import integrate, special, stats
 from pyro_concrete import BinaryConcreteStraightThrough, ConcreteStraightThrough, ops
 
 P_THRESHOLD = 1e-3
+DEVICE = torch.get_default_device()  # the run's device: tests/devices.py
 Z = 4.0
 ESTIMATORS = ("st", "gumbel_rao", "reinmax")
 FAMILIES = ("categorical", "binary")
@@ -89,8 +90,8 @@ def test_categorical_frequencies(estimator, with_grad):
     d = ConcreteStraightThrough(0.5, logits=logits.clone().requires_grad_(), estimator=estimator)
     x = d.rsample((n,)) if with_grad else d.sample((n,))
     assert x.requires_grad == with_grad
-    counts = np.bincount(x.argmax(-1).numpy(), minlength=5)
-    expected = n * special.softmax(logits.numpy())
+    counts = np.bincount(x.argmax(-1).cpu().numpy(), minlength=5)
+    expected = n * special.softmax(logits.cpu().numpy())
     assert stats.chisquare(counts, expected).pvalue > P_THRESHOLD
 
 
@@ -101,8 +102,8 @@ def test_binary_frequencies(estimator, with_grad):
     n = 20_000
     d = BinaryConcreteStraightThrough(0.5, logits=logits.clone().requires_grad_(), estimator=estimator)
     b = d.rsample((n,)) if with_grad else d.sample((n,))
-    ones = b.sum(0).detach().numpy()
-    p = special.expit(logits.numpy())
+    ones = b.sum(0).detach().cpu().numpy()
+    p = special.expit(logits.cpu().numpy())
     for k, p_k in zip(ones, p, strict=True):
         assert stats.chisquare([n - k, k], [n * (1 - p_k), n * p_k]).pvalue > P_THRESHOLD
 
@@ -151,7 +152,7 @@ def test_conditional_gumbel_keeps_the_argmax():
     logits = torch.tensor([4.0, -3.0, 0.5, -8.0, 1.0, 0.0], dtype=torch.float64)
     n = 5000
     index = torch.randint(0, 6, (n, 1))  # every category, the improbable ones included
-    gumbel = ops.draw_gumbel(torch.Size([n, 6]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 6]), torch.float64, DEVICE)
     z = logits + ops.conditional_gumbel(logits, index, gumbel)
     assert torch.equal(z.argmax(-1, keepdim=True), index)
 
@@ -162,13 +163,13 @@ def test_conditional_gumbel_distribution():
     logits = torch.tensor([1.0, -0.5, 0.2, -2.0], dtype=torch.float64)
     n = 20_000
     index = torch.multinomial(torch.softmax(logits, -1), n, replacement=True).unsqueeze(-1)
-    gumbel = ops.draw_gumbel(torch.Size([n, 4]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 4]), torch.float64, DEVICE)
     noise = ops.conditional_gumbel(logits, index, gumbel)
     for k in range(4):
-        assert stats.kstest(noise[:, k].numpy(), stats.gumbel_r.cdf).pvalue > P_THRESHOLD
+        assert stats.kstest(noise[:, k].cpu().numpy(), stats.gumbel_r.cdf).pvalue > P_THRESHOLD
     rare = torch.full((n, 1), 3)
     top = (logits + ops.conditional_gumbel(logits, rare, gumbel)).max(-1).values - logits.logsumexp(-1)
-    assert stats.kstest(top.numpy(), stats.gumbel_r.cdf).pvalue > P_THRESHOLD
+    assert stats.kstest(top.cpu().numpy(), stats.gumbel_r.cdf).pvalue > P_THRESHOLD
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.3])
@@ -176,10 +177,10 @@ def test_conditional_soft_sample_mean(temperature):
     """Averaging softmax((θ + G') / τ) over G' | D and over D gives the unconditional mean."""
     logits = torch.tensor([0.5, -1.0, 1.5, 0.0, -0.3], dtype=torch.float64)
     n = 40_000
-    gumbel = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
+    gumbel = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, DEVICE)
     unconditional = torch.softmax((logits + gumbel) / temperature, -1)
     index = torch.multinomial(torch.softmax(logits, -1), n, replacement=True).unsqueeze(-1)
-    fresh = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, torch.device("cpu"))
+    fresh = ops.draw_gumbel(torch.Size([n, 5]), torch.float64, DEVICE)
     conditional = torch.softmax((logits + ops.conditional_gumbel(logits, index, fresh)) / temperature, -1)
     diff = unconditional.mean(0) - conditional.mean(0)
     se = (unconditional.var(0) / n + conditional.var(0) / n).sqrt()
@@ -190,16 +191,16 @@ def test_conditional_logistic():
     theta = 0.8
     logits = torch.tensor(theta, dtype=torch.float64)
     n = 20_000
-    draw = lambda: ops.draw_logistic(torch.Size([n]), torch.float64, torch.device("cpu"))  # noqa: E731
+    draw = lambda: ops.draw_logistic(torch.Size([n]), torch.float64, DEVICE)  # noqa: E731
     # The sign is kept for any outcome, likely or not.
     positive = torch.rand(n) < 0.5
     assert torch.equal(logits + ops.conditional_logistic(logits, positive, draw()) > 0, positive)
     # Mixed over the outcome ~ Bernoulli(sigmoid θ), the noise is standard Logistic.
     outcome = torch.rand(n, dtype=torch.float64) < torch.sigmoid(logits)
     noise = ops.conditional_logistic(logits, outcome, draw())
-    assert stats.kstest(noise.numpy(), stats.logistic.cdf).pvalue > P_THRESHOLD
+    assert stats.kstest(noise.cpu().numpy(), stats.logistic.cdf).pvalue > P_THRESHOLD
     # Given a positive outcome, θ + L has CDF (σ(v - θ) - σ(-θ)) / σ(θ) for v > 0.
-    v = (logits + ops.conditional_logistic(logits, torch.ones(n, dtype=torch.bool), draw())).numpy()
+    v = (logits + ops.conditional_logistic(logits, torch.ones(n, dtype=torch.bool), draw())).cpu().numpy()
     cdf = lambda v: (special.expit(v - theta) - special.expit(-theta)) / special.expit(theta)  # noqa: E731
     assert stats.kstest(v, cdf).pvalue > P_THRESHOLD
 
@@ -227,10 +228,10 @@ def per_sample_gradients(family, theta, temperature, estimator, n, loss, rao_sam
 
 def quadratic_problem(num_categories, dtype=torch.float64):
     """f(z) = sum_k w_k (z_k - t_k)^2 and the exact gradient of E_{z ~ Cat(softmax θ)} f(z)."""
-    gen = torch.Generator().manual_seed(num_categories)
-    theta = torch.randn(num_categories, generator=gen, dtype=dtype)
-    target = torch.rand(num_categories, generator=gen, dtype=dtype)
-    weight = torch.rand(num_categories, generator=gen, dtype=dtype) + 0.5
+    gen = torch.Generator().manual_seed(num_categories)  # the same problem on every device
+    theta = torch.randn(num_categories, generator=gen, dtype=dtype, device="cpu").to(DEVICE)
+    target = torch.rand(num_categories, generator=gen, dtype=dtype, device="cpu").to(DEVICE)
+    weight = torch.rand(num_categories, generator=gen, dtype=dtype, device="cpu").to(DEVICE) + 0.5
 
     def loss(z):
         return ((z - target) ** 2 * weight).sum(-1)
@@ -488,10 +489,10 @@ def test_binary_log_prob_is_exact(estimator, dtype):
     b[0] = torch.tensor([1.0, 1, 1, 0, 0, 0])  # the improbable outcomes of the extreme logits
     b = b.detach().requires_grad_(b.requires_grad)
     # Float64 reference from the formula: log p = -log1p(exp(-θ)) for 1, -log1p(exp(θ)) for 0.
-    theta = logits.detach().double().numpy()
-    ref = np.where(b.detach().double().numpy() == 1, -np.logaddexp(0, -theta), -np.logaddexp(0, theta))
+    theta = logits.detach().double().cpu().numpy()
+    ref = np.where(b.detach().double().cpu().numpy() == 1, -np.logaddexp(0, -theta), -np.logaddexp(0, theta))
     result = d.log_prob(b)
-    np.testing.assert_allclose(result.detach().double().numpy(), ref, rtol=2 * torch.finfo(dtype).eps)
+    np.testing.assert_allclose(result.detach().double().cpu().numpy(), ref, rtol=2 * torch.finfo(dtype).eps)
     assert result[0, 0] == -50 and result[0, -1] == -50  # no clamping of probabilities
     torch.testing.assert_close(result, torch.distributions.Bernoulli(logits=logits).log_prob(b))
     for value in (b.clone(), b.detach(), b.to(torch.float64).to(dtype), b[5:9]):

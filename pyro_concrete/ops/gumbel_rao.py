@@ -217,17 +217,18 @@ class _SoftMean(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         theta, temperature, *soft = inputs
-        ctx.save_for_backward(theta, temperature, *soft)
+        ctx.save_for_backward(theta, temperature, output, *soft)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        theta, temperature, *soft = ctx.saved_tensors
+        theta, temperature, output, *soft = ctx.saved_tensors
         needs_theta, needs_tau = ctx.needs_input_grad[:2]
         grads_theta, grads_tau = [], []
         start = 0
         for s in soft:
             stop = start + s.shape[0]
             tau = temperature[start:stop]
+            mean = output[start:stop]
             if torch.is_grad_enabled():  # create_graph: the soft samples as functions of θ, τ
                 rows = theta[start:stop]
                 # A 0 (a masked category) stays exactly 0, with derivative 0; the smallest
@@ -236,12 +237,13 @@ class _SoftMean(torch.autograd.Function):
                 log_s = torch.log(s.masked_fill(zero, torch.finfo(s.dtype).tiny))
                 scaled = (rows - rows.detach()).unsqueeze(-2) + tau.detach().unsqueeze(-1) * log_s
                 s = torch.softmax(scaled / tau.unsqueeze(-1), -1).masked_fill(zero, 0.0)
+                mean = s.mean(-2)
             g = grad[start:stop].unsqueeze(-1)  # (rows, K, 1)
             dots = (s * g.transpose(-1, -2)).sum(-1, keepdim=True)  # s_i · g: (rows, draws, 1)
             draws = s.shape[-2]
             if needs_theta:
                 mixed = torch.matmul(dots.transpose(-1, -2), s).squeeze(-2)  # Σ_i s_i (s_i · g)
-                grads_theta.append((s.mean(-2) * grad[start:stop] - mixed / draws) / tau)
+                grads_theta.append((mean * grad[start:stop] - mixed / draws) / tau)
             if needs_tau:
                 s_log_s = torch.xlogy(s, s)
                 terms = (s_log_s * g.transpose(-1, -2)).sum(-1, keepdim=True) - s_log_s.sum(
