@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 from torch.distributions import constraints as torch_constraints
@@ -12,7 +14,9 @@ from ..ops.concrete import (
     floored_exp,
     log_density_of_value,
     log_of_simplex_point,
-    log_sample,
+    log_sample_of_perturbed,
+    perturbed_logits,
+    row_sum,
     shifted_logits,
 )
 from ..ops.noise import draw_softmax_noise
@@ -21,6 +25,40 @@ from ._base import TemperedDistribution
 from ._own_sample import OwnSampleMemory
 
 __all__ = ["Concrete", "ExpConcrete", "GumbelSoftmax"]
+
+
+class _Perturbed(NamedTuple):
+    """A sample's ``a = θ + G - max`` and what turns it into ``y`` (see
+    :func:`~pyro_concrete.ops.concrete.log_sample_of_perturbed`)."""
+
+    perturbed: Tensor
+    temperature: Tensor  # (..., 1), without graph
+    masked: Tensor | None
+    out_dtype: torch.dtype
+
+    # Detached, not under no_grad: torch.jit.trace records no grad mode (see
+    # exp_concrete_log_density_along_path).
+
+    def log_value(self) -> Tensor:
+        """``y``, without graph: the same floats as the sampler returned."""
+        return log_sample_of_perturbed(self.perturbed.detach(), self.temperature, self.masked, self.out_dtype)
+
+    def tempered(self) -> Tensor:
+        """``a / τ`` saturated as in the sampler (``y`` is its ``log_softmax``): a new buffer,
+        without graph."""
+        z = self.perturbed.detach() * self.temperature.reciprocal()
+        return z.clamp_min_(torch.finfo(self.out_dtype).min)
+
+
+class _OwnSample(NamedTuple):
+    """What :class:`Concrete` keeps of its latest ``rsample`` while the temperature requires
+    grad: the ``a`` that autograd saves for the temperature's gradient instead of ``y``, and
+    ``Σ_keep y`` with the sample's graph (the one term of the density that is differentiated
+    through ``y``). Keeping ``y`` as well would hold one more tensor of the sample's size
+    through the whole backward pass (autograd drops its own reference to ``y`` early)."""
+
+    source: _Perturbed
+    log_value_sum: Tensor
 
 
 class _ConcreteFamily(TemperedDistribution):
@@ -45,13 +83,15 @@ class _ConcreteFamily(TemperedDistribution):
         theta, masked = shifted_logits(self.logits)
         return theta.to(dtype), self.temperature.to(dtype), masked
 
-    def _log_sample(self, sample_shape) -> tuple[Tensor, Tensor | None]:
-        """The ExpConcrete sample ``y`` in the compute dtype (float32 for half precision), and
-        the mask (None: no masked category)."""
+    def _log_sample(self, sample_shape) -> tuple[Tensor, Tensor | None, _Perturbed]:
+        """The ExpConcrete sample ``y`` in the compute dtype (float32 for half precision), the
+        mask (None: no masked category), and what ``y`` was computed from."""
         logits, temperature, masked = self._compute()
         shape = self._extended_shape(torch.Size(sample_shape))
-        noise = draw_softmax_noise(shape, logits.dtype, logits.device)
-        return log_sample(logits, temperature.unsqueeze(-1), noise, masked, self.logits.dtype), masked
+        perturbed = perturbed_logits(logits, draw_softmax_noise(shape, logits.dtype, logits.device))
+        tau = temperature.unsqueeze(-1)
+        y = log_sample_of_perturbed(perturbed, tau, masked, self.logits.dtype)
+        return y, masked, _Perturbed(perturbed, tau.detach(), masked, self.logits.dtype)
 
     def _log_density(
         self, log_value: Tensor, jacobian: bool, computed: tuple[Tensor, Tensor, Tensor | None] | None = None
@@ -148,7 +188,11 @@ class Concrete(OwnSampleMemory, _ConcreteFamily):
     **The exact pre-image.** For its own most recent sample (the same tensor, unmodified) the
     distribution still holds ``y`` and evaluates ``log p_Y(y) - Σ_k y_k`` there: the value
     of the general formula at the exact point rather than at the rounded ``log x``. This is a
-    gain in precision only: the same formula, the same gradient terms. While the sample is on
+    gain in precision only: the same formula, the same gradient terms. (While the temperature
+    requires grad it holds instead the ``(logits + G) - max`` that autograd saves for the
+    temperature's gradient, from which ``y`` is recomputed exactly when needed, and
+    ``Σ_k y_k``: one tensor of the sample's size fewer stays alive through the backward
+    pass.) While the sample is on
     its ``rsample`` graph, the density is differentiated through ``y`` (exact derivatives of
     every order in the parameters, also for components that underflowed, whose derivative
     through ``x`` is lost to rounding); the sample tensor ``x`` itself is then not an input
@@ -185,28 +229,60 @@ class Concrete(OwnSampleMemory, _ConcreteFamily):
     support = constraints.simplex
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        log_value, masked = self._log_sample(sample_shape)
-        return self._remember(floored_exp(log_value, masked).to(self.logits.dtype), log_value)
+        log_value, masked, source = self._log_sample(sample_shape)
+        x = floored_exp(log_value, masked).to(self.logits.dtype)
+        if not (torch.is_grad_enabled() and self.temperature.requires_grad):
+            return self._remember(x, log_value)
+        # Autograd saves ``a`` for the temperature's gradient: keep it rather than y.
+        kept = log_value if masked is None else log_value.masked_fill(masked, 0.0)
+        return self._remember(x, _OwnSample(source, row_sum(kept)))
+
+    def _recall(self, value: Tensor):
+        # y of the own sample; off its path, the kept ``a`` is turned back into y (on it, the
+        # density needs only what _OwnSample holds).
+        state = super()._recall(value)
+        if isinstance(state, _OwnSample) and not self._on_sample_path(value):
+            return state.source.log_value()
+        return state
+
+    def _on_sample_path(self, value: Tensor) -> bool:
+        own = self._own_sample
+        return own is not None and value.grad_fn is not None and value.grad_fn is own.grad_fn
 
     def log_prob(self, value: Tensor) -> Tensor:
         """The log-density at ``value`` (float32 for half-precision parameters)."""
-        computed = self._compute()
-        logits, temperature, masked = computed
-
-        def log_of(x: Tensor) -> Tensor:
-            return log_of_simplex_point(x, masked)
-
-        own = self._recall_pre_image(value, log_of)  # y of the own sample
+        own = self._recall_pre_image(value, self._log_of)  # y of the own sample
         if own is None:
             if self._validate_args:
                 self._validate_sample(value)
-            return self._log_density(log_of(value), True, computed)
+            computed = self._compute()
+            return self._log_density(log_of_simplex_point(value, computed[2]), True, computed)
         log_value, on_path = own
         if not on_path:
-            return self._log_density(log_value, True, computed)
-        density = exp_concrete_log_density_along_path(log_value, logits, temperature, masked)
-        kept = log_value if masked is None else log_value.masked_fill(masked, 0.0)
-        return density - kept.sum(-1)
+            return self._log_density(log_value, True)
+        # Along the sample path the density is a value without graph plus terms in τ and y
+        # (exp_concrete_log_density_along_path): the logits are needed as values only, in a
+        # fresh buffer that the kernel may overwrite.
+        dtype = compute_dtype(self.logits.dtype)
+        theta, masked = shifted_logits(self.logits.detach())
+        theta, temperature = theta.to(dtype), self.temperature.to(dtype)
+        if isinstance(log_value, _OwnSample):
+            v, kept_sum = log_value.source.tempered(), log_value.log_value_sum
+        else:
+            v = log_value.detach()
+            kept_sum = row_sum(log_value if masked is None else log_value.masked_fill(masked, 0.0))
+        # θ - τ v in theta's buffer (fresh, without graph) where the shapes allow
+        tau = temperature.detach().unsqueeze(-1)
+        if theta.shape == v.shape:
+            difference = theta.addcmul_(tau, v, value=-1)
+        else:
+            difference = torch.addcmul(theta, tau, v, value=-1)
+        del theta, v  # a tempered buffer is freed before the density allocates
+        return exp_concrete_log_density_along_path(difference, temperature, masked) - kept_sum
+
+    def _log_of(self, x: Tensor) -> Tensor:
+        """``log x`` as the general formula reads a value (see :func:`log_of_simplex_point`)."""
+        return log_of_simplex_point(x, shifted_logits(self.logits.detach())[1])
 
 
 GumbelSoftmax = Concrete

@@ -173,6 +173,17 @@ def _clamp_min(t: Tensor, floor: float) -> Tensor:
     return t.clamp_min(floor)
 
 
+def row_sum(t: Tensor) -> Tensor:
+    """``t.sum(-1)``; for two categories as the product with ``(1, 1)``, the same floats (one
+    addition per row): torch's CPU reduction over a last dimension of size 2 is about 10x
+    slower than the product (measured). The product's backward (an outer product) allocates
+    the gradient that the sum's consumers materialise from its expanded one: the same peak
+    memory (measured)."""
+    if t.shape[-1] == 2:
+        return torch.matmul(t, t.new_ones(2))
+    return t.sum(-1)
+
+
 # torch's CPU log_softmax is slow along a short last dimension (about 5x slower than the
 # elementwise route of _log_softmax for K < 16, measured); above that it is the faster one.
 _SHORT_LAST_DIM = 16
@@ -202,7 +213,8 @@ def log_sample(
     so that no ``inf`` enters a product whose gradient is taken: masked logits are finite
     (:func:`shifted_logits`), the shifted ``a = θ + noise - max <= 0`` is finite, and
     ``a · (1/τ)`` is clamped at the floor (gradient 0 there, and ``0 · a`` for the
-    temperature); masked entries are set to ``-inf`` last.
+    temperature); masked entries are set to ``-inf`` last. The two steps are
+    :func:`perturbed_logits` and :func:`log_sample_of_perturbed`.
 
     Args:
         logits (Tensor): ``(..., K)`` shifted logits (:func:`shifted_logits`), broadcastable
@@ -213,9 +225,31 @@ def log_sample(
         out_dtype (torch.dtype): the dtype the sample will be rounded to: entries saturate
             at its most negative float.
     """
+    return log_sample_of_perturbed(perturbed_logits(logits, noise), temperature, masked, out_dtype)
+
+
+def perturbed_logits(logits: Tensor, noise: Tensor) -> Tensor:
+    """``a = θ + noise - max(θ + noise)``, the row maximum detached (``log_softmax`` is
+    shift-invariant in every derivative), so that ``a <= 0`` with a 0 in every row.
+
+    The shift is applied in place to the fresh sum (its backward needs no value), which spares
+    a full-size temporary; a new tensor either way.
+    """
     a = logits + noise
-    a = a - a.detach().amax(-1, keepdim=True)  # log_softmax is shift-invariant in every derivative
-    z = _clamp_min(a * temperature.reciprocal(), torch.finfo(out_dtype).min)
+    return a.sub_(a.detach().amax(-1, keepdim=True))
+
+
+def log_sample_of_perturbed(
+    perturbed: Tensor, temperature: Tensor, masked: Tensor | None, out_dtype: torch.dtype
+) -> Tensor:
+    """:func:`log_sample` from ``a`` (:func:`perturbed_logits`): ``log_softmax(a / τ)``, saturated
+    at ``out_dtype``'s most negative float, ``-inf`` at masked categories.
+
+    Deterministic in ``a``: run again on the same ``a`` (without gradient) it returns the same
+    floats, which is how :class:`~pyro_concrete.Concrete` recovers a sample's pre-image from
+    the ``a`` that autograd saves for the temperature's gradient (instead of keeping both).
+    """
+    z = _clamp_min(perturbed * temperature.reciprocal(), torch.finfo(out_dtype).min)
     y = _log_softmax(z, row_max_is_zero=True)
     return y if masked is None else y.masked_fill(masked, -torch.inf)
 
@@ -302,10 +336,10 @@ def _log_normaliser(dropped: Tensor | int, temperature: Tensor) -> Tensor:
 
 
 def exp_concrete_log_density_along_path(
-    log_value: Tensor, logits: Tensor, temperature: Tensor, masked: Tensor | None
+    difference: Tensor, temperature: Tensor, masked: Tensor | None
 ) -> Tensor:
-    """:func:`log_density` (``jacobian=False``) at the own reparameterised sample ``y``, in
-    the form whose graph is cheapest to differentiate along the sample path.
+    """:func:`log_density` (``jacobian=False``) at the own reparameterised sample ``y``, in the
+    form whose graph is cheapest to differentiate along the sample path.
 
     At ``y = log_softmax((θ + G) / τ)``, ``θ_k - τ y_k = -G_k + c`` with ``c`` shared by the
     row: ``Σ_keep log_softmax(θ - τ y)`` is a function of the noise alone. It is evaluated
@@ -313,10 +347,25 @@ def exp_concrete_log_density_along_path(
     ``lgamma K' + (K'-1) log τ`` is differentiated: as functions of the parameters at fixed
     noise, the two agree in every derivative of every order (except where a sample entry
     saturated at the dtype's floor, where neither is the exact function).
+
+    Args:
+        difference (Tensor): ``θ - τ v`` without graph, ``θ`` the shifted logits
+            (:func:`shifted_logits`) and ``v`` any point with ``log_softmax(v) = y`` on the kept
+            categories: ``y`` itself, or the tempered ``a / τ`` (saturated as the sampler
+            saturates it) whose ``log_softmax`` ``y`` is; the two differ by a constant per row,
+            which ``log_softmax`` ignores. A buffer the caller gives up: it is overwritten.
+        temperature (Tensor): ``(...)``, broadcastable with ``difference.shape[:-1]``.
+        masked (Tensor or None): the mask of :func:`shifted_logits`.
     """
-    with torch.no_grad():
-        value = log_density(log_value, logits, temperature, masked, jacobian=False)
-    normaliser = _log_normaliser(log_value.shape[-1] if masked is None else masked, temperature)
+    # Detached rather than under no_grad: torch.jit.trace records no grad mode, and a replay
+    # that tracked gradients would see the buffer change in place.
+    t = difference.detach()
+    if masked is None:
+        scores = row_sum(_log_softmax(t))
+    else:  # the kept categories only (the own sample is -inf exactly at the masked ones)
+        scores = row_sum(_log_softmax(t.masked_fill_(masked, -torch.inf)).masked_fill_(masked, 0.0))
+    normaliser = _log_normaliser(t.shape[-1] if masked is None else masked, temperature)
+    value = scores + normaliser.detach()
     return value - normaliser.detach() + normaliser
 
 
