@@ -200,6 +200,7 @@ def test_cli_options(capsys):
     assert (args.temperature, args.prior_temperature, args.relaxed_kl) == (0.2, 0.125, "mc")
     assert (args.kl_warmup_epochs, args.min_temperature, args.anneal_rate) == (10, 0.1, 1e-3)
     assert parse_args(["--estimator", "concrete", "--relaxed-kl", "exact"]).relaxed_kl == "exact"
+    assert parse_args(["--batch-size", "64"]).batch_size == 64 and not parse_args([]).distributed
     for bad in (["--prior-temperature", "0.5"], ["--relaxed-kl", "exact"], ["--temperature", "0"]):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
@@ -211,7 +212,13 @@ def test_cli_options(capsys):
     with pytest.raises(SystemExit) as info:
         parse_args(["--help"])
     assert info.value.code == 0
-    for bad in (["--estimator", "rebar"], ["--classes", "1"], ["--epochs", "0"], ["--seed", "-1"]):
+    for bad in (
+        ["--estimator", "rebar"],
+        ["--classes", "1"],
+        ["--epochs", "0"],
+        ["--seed", "-1"],
+        ["--batch-size", "0"],
+    ):
         with pytest.raises(SystemExit) as info:
             parse_args(bad)
         assert info.value.code == 2

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .._checks import check_int, check_positive_float
 from ..infer.schedules import ExponentialDecay
 from .data import load_binarized_digits
+from .distributed import (
+    SINGLE_PROCESS,
+    DataParallel,
+    backend_for,
+    check_shards,
+    launched_by_torchrun,
+    process_group,
+)
 from .model import ESTIMATORS, RELAXED_KL
 from .training import TrainConfig, TrainResult, independent_pixels_neg_log_lik, train_vae
 
@@ -46,7 +58,7 @@ class DemoResult:
     """What :func:`main` returns: the training run, the figure's path and reference numbers."""
 
     train: TrainResult
-    figure: Path
+    figure: Path | None  # None on the processes of a distributed run but the first
     baseline_neg_log_lik: float  # held-out, independent pixels fitted on the training set
     seconds: float  # wall time of training and evaluation
 
@@ -140,6 +152,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seed", type=_int_at_least(0, "seed"), default=defaults.seed, help="default: %(default)s"
     )
     parser.add_argument(
+        "--batch-size",
+        type=_int_at_least(1, "batch-size"),
+        default=defaults.batch_size,
+        help="images per SVI step, over all processes of a distributed run (default: %(default)s)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("vae_demo.png"), help="the figure's PNG file (default: %(default)s)"
     )
     parser.add_argument(
@@ -150,7 +168,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "more threads do not reduce (default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training in the processes torchrun starts: torchrun --nproc_per_node N "
+        "-m pyro_concrete.demo --distributed (each process trains on its part of every batch)",
+    )
     args = parser.parse_args(argv)
+    if args.distributed and not launched_by_torchrun():
+        parser.error(
+            "--distributed needs the processes and environment torchrun makes: "
+            "torchrun --nproc_per_node N -m pyro_concrete.demo --distributed [options]"
+        )
     try:
         _config(args)  # the combinations TrainConfig refuses, as argparse errors
     except ValueError as error:
@@ -165,6 +194,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         num_latents=args.latents,
         num_classes=args.classes,
         seed=args.seed,
+        batch_size=args.batch_size,
         initial_temperature=args.temperature,
         min_temperature=args.min_temperature,
         anneal_rate=args.anneal_rate,
@@ -189,10 +219,15 @@ def main(argv: Sequence[str] | None = None) -> DemoResult:
     """
     args = parse_args(argv)
     config = _config(args)
+    if not args.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        warnings.warn(
+            "started as one of several processes without --distributed: each trains its own model",
+            stacklevel=2,
+        )
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(config, args.out, progress=not args.quiet)
+        return _run(config, args.out, progress=not args.quiet, distributed=args.distributed)
     finally:
         torch.set_num_threads(threads)
 
@@ -232,22 +267,51 @@ def _describe_schedule(schedule: ExponentialDecay) -> str:
     )
 
 
-def _run(config: TrainConfig, out: Path, progress: bool) -> DemoResult:
+def _describe_batch(batch_size: int, parallel: DataParallel) -> str:
+    """The batch, and how it is split over the processes of a distributed run."""
+    if not parallel.distributed:
+        return f"batch {batch_size}"
+    sizes = sorted({len(part) for part in torch.arange(batch_size).tensor_split(parallel.world_size)})
+    each = " or ".join(map(str, reversed(sizes)))
+    processes = f"{parallel.world_size} process{'es' if parallel.world_size > 1 else ''}"
+    return f"batch {batch_size} over {processes} ({each} each, {backend_for(parallel.device)})"
+
+
+def _run(config: TrainConfig, out: Path, progress: bool, distributed: bool = False) -> DemoResult:
+    """Loads the data, joins the process group of a distributed run, trains and reports."""
+    train_x, test_x = load_binarized_digits()
+    group: AbstractContextManager[DataParallel] = nullcontext(SINGLE_PROCESS)
+    if distributed:
+        try:  # before the processes wait for each other
+            check_shards(train_x.shape[0], config.batch_size, int(os.environ["WORLD_SIZE"]))
+        except ValueError as error:
+            raise SystemExit(f"python -m pyro_concrete.demo: error: {error}") from None
+        group = process_group(train_x.device)  # the backend for where the data lives
+    with group as parallel:
+        return _train_and_report(config, train_x, test_x, out, progress, parallel)
+
+
+def _train_and_report(
+    config: TrainConfig, train_x: Tensor, test_x: Tensor, out: Path, progress: bool, parallel: DataParallel
+) -> DemoResult:
+    """Trains; the first process prints, shows the progress bar and writes the figure."""
     from .figure import write_figure
 
-    train_x, test_x = load_binarized_digits()
     schedule = config.schedule()
-    print(
-        f"Categorical VAE, {config.num_latents} latents x {config.num_classes} classes, on binarised 8x8 "
-        f"digits ({train_x.shape[0]} training / {test_x.shape[0]} test images)\n"
-        f"{_describe(config)}; Adam, lr {config.learning_rate}, batch {config.batch_size}; "
-        f"temperature {_describe_schedule(schedule)}",
-        flush=True,
-    )
+    if parallel.is_main:
+        print(
+            f"Categorical VAE, {config.num_latents} latents x {config.num_classes} classes, on binarised "
+            f"8x8 digits ({train_x.shape[0]} training / {test_x.shape[0]} test images)\n"
+            f"{_describe(config)}; Adam, lr {config.learning_rate}, "
+            f"{_describe_batch(config.batch_size, parallel)}; temperature {_describe_schedule(schedule)}",
+            flush=True,
+        )
     start = time.perf_counter()
-    result = train_vae(config, train_x, test_x, progress=progress)
+    result = train_vae(config, train_x, test_x, progress=progress and parallel.is_main, parallel=parallel)
     seconds = time.perf_counter() - start
     baseline = independent_pixels_neg_log_lik(train_x, test_x)
+    if not parallel.is_main:
+        return DemoResult(result, None, baseline, seconds)
     path = write_figure(result, test_x, out, baseline=baseline)
     print(
         f"held-out negative ELBO of the discrete model ({config.eval_particles} samples per image): "

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_nonnegative_float, check_positive_float
 from ..infer.schedules import ExponentialDecay
+from .distributed import SINGLE_PROCESS, DataParallel, check_shards
 from .model import CategoricalVAE, check_training_choice, maddison_temperatures
 
 __all__ = ["TrainConfig", "TrainResult", "independent_pixels_neg_log_lik", "train_vae"]
@@ -163,6 +165,7 @@ def train_vae(
     progress: bool = False,
     vae_class: Callable[..., CategoricalVAE] = CategoricalVAE,
     loss: ELBO | None = None,
+    parallel: DataParallel = SINGLE_PROCESS,
 ) -> TrainResult:
     """Trains a fresh :class:`~pyro_concrete.demo.model.CategoricalVAE` by SVI and scores it.
 
@@ -178,6 +181,10 @@ def train_vae(
     model stayed at the posterior-collapse baseline of a model without latents. The
     held-out negative ELBO of the discrete model is measured before and after training.
 
+    Split over processes (``parallel``, :mod:`~pyro_concrete.demo.distributed`), every step
+    trains on the batch one process would, each process on its part of it with its own
+    noise, and the losses and held-out scores are those of the whole batches and test set.
+
     Args:
         config (TrainConfig): the settings.
         train_x, test_x (Tensor): ``(n, num_pixels)`` binary images.
@@ -185,9 +192,15 @@ def train_vae(
         vae_class: the model's class (:class:`CategoricalVAE` or a subclass), called with
             the model's keyword arguments.
         loss (ELBO, optional): another Pyro ELBO to train with.
+        parallel (DataParallel): the processes the run is split over (default: this one
+            alone); every one of them must call this function with the same arguments.
 
     Returns:
-        TrainResult: the trained model and its history.
+        TrainResult: the trained model and its history (the wall times: this process's).
+
+    Raises:
+        ValueError: when a batch has fewer images than there are processes
+            (:func:`~pyro_concrete.demo.distributed.check_shards`).
 
     Example::
 
@@ -197,17 +210,28 @@ def train_vae(
         >>> result.initial_neg_elbo > result.neg_elbo
         True
     """
+    num_train = train_x.shape[0]
+    check_shards(num_train, config.batch_size, parallel.world_size)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     schedule = config.schedule()
     vae = config.build_model(train_x.shape[-1], vae_class)
-    result = TrainResult(config, vae, vae.held_out_neg_elbo(test_x, config.eval_particles))
+    noise_seed = parallel.noise_seed(config.seed)  # the same model everywhere, then each its own noise
+    if noise_seed is not None:
+        pyro.set_rng_seed(noise_seed)
+    test_part = parallel.shard(test_x)
+    initial = vae.held_out_neg_elbo(test_part, config.eval_particles)
+    result = TrainResult(config, vae, parallel.mean(initial, test_part.shape[0]))
     optim = PyroOptim(torch.optim.Adam, {"lr": config.learning_rate})  # pyro.optim.Adam, typed
     loss = loss or vae.training_loss()
-    svi = SVI(vae.model, vae.guide, optim, loss)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    num_train = train_x.shape[0]
+    # Each process's share of the batch's loss, times the number of processes: DDP's average
+    # of the gradients is the gradient of the whole batch's loss.
+    model, guide = _scaled(vae.model, parallel.world_size), _scaled(vae.guide, parallel.world_size)
+    svi = SVI(model, guide, optim, loss)
+    shuffle = torch.Generator().manual_seed(config.seed)  # the same order on every process
     warmup_steps = config.kl_warmup_epochs * math.ceil(num_train / config.batch_size)
+    step_sums: list[float] = []  # this process's share of each step's loss, summed over its images
+    batch_sizes: list[int] = []  # every process's images of each step
 
     epochs = range(config.epochs)
     bar = None
@@ -216,27 +240,38 @@ def train_vae(
 
         bar = tqdm(epochs, desc=f"SVI ({config.estimator})", unit="epoch")
         epochs = bar
-    for _ in epochs:
-        start = time.perf_counter()
-        order = torch.randperm(num_train, generator=shuffle)
-        epoch_loss = 0.0
-        for begin in range(0, num_train, config.batch_size):
-            batch = train_x[order[begin : begin + config.batch_size]]
-            vae.temperature = schedule.temperature
-            vae.kl_scale = min(1.0, (len(result.losses) + 1) / warmup_steps) if warmup_steps else 1.0
-            step_loss = svi.step(batch) / batch.shape[0]
-            result.losses.append(step_loss)
-            result.temperatures.append(vae.temperature)
-            result.kl_scales.append(vae.kl_scale)
-            epoch_loss += step_loss * batch.shape[0]
-            schedule.step()
-        result.epoch_seconds.append(time.perf_counter() - start)
-        if bar is not None:
-            bar.set_postfix(loss=f"{epoch_loss / num_train:.2f}", temperature=f"{vae.temperature:.3f}")
+    with parallel.replicated(vae):
+        for _ in epochs:
+            start = time.perf_counter()
+            order = torch.randperm(num_train, generator=shuffle)
+            epoch_sum = 0.0
+            for begin in range(0, num_train, config.batch_size):
+                batch = train_x[order[begin : begin + config.batch_size]]
+                vae.temperature = schedule.temperature
+                vae.kl_scale = min(1.0, (len(step_sums) + 1) / warmup_steps) if warmup_steps else 1.0
+                step_sums.append(svi.step(parallel.shard(batch)) / parallel.world_size)
+                batch_sizes.append(batch.shape[0])
+                result.temperatures.append(vae.temperature)
+                result.kl_scales.append(vae.kl_scale)
+                epoch_sum += step_sums[-1]
+                schedule.step()
+            epoch_loss = parallel.all_sum(torch.tensor([epoch_sum], dtype=torch.float64)).item() / num_train
+            result.epoch_seconds.append(time.perf_counter() - start)
+            if bar is not None:
+                bar.set_postfix(loss=f"{epoch_loss:.2f}", temperature=f"{vae.temperature:.3f}")
+    step_totals = parallel.all_sum(torch.tensor(step_sums, dtype=torch.float64))
+    result.losses = (step_totals / torch.tensor(batch_sizes)).tolist()  # per image of each batch
     vae.kl_scale = 1.0
-    result.neg_elbo = vae.held_out_neg_elbo(test_x, config.eval_particles)
-    result.objective = _held_out_objective(vae, type(loss), test_x, config.eval_particles)
+    neg_elbo = vae.held_out_neg_elbo(test_part, config.eval_particles)
+    result.neg_elbo = parallel.mean(neg_elbo, test_part.shape[0])
+    objective = _held_out_objective(vae, type(loss), test_part, config.eval_particles)
+    result.objective = parallel.mean(objective, test_part.shape[0])
     return result
+
+
+def _scaled(fn: Callable[[Tensor], None], scale: int) -> Callable[[Tensor], None]:
+    """``fn`` with every site's log-density multiplied by ``scale`` (``fn`` itself for 1)."""
+    return fn if scale == 1 else poutine.scale(fn, scale=float(scale))
 
 
 @torch.no_grad()
