@@ -89,9 +89,9 @@ def write_figure(
     cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
     top_ax, bottom_ax = right.subplots(2, 1, height_ratios=[2, 3])
     pairs = image_grid(torch.cat([originals, reconstructions]), rows=2)
-    top_ax.imshow(pairs.numpy(), cmap=cmap, vmin=0, vmax=1)
+    top_ax.imshow(pairs.cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
     top_ax.set_title("test digits (top) and their reconstructions (bottom)")
-    bottom_ax.imshow(image_grid(samples, rows=3).numpy(), cmap=cmap, vmin=0, vmax=1)
+    bottom_ax.imshow(image_grid(samples, rows=3).cpu().numpy(), cmap=cmap, vmin=0, vmax=1)
     bottom_ax.set_title("samples from the prior (pixel probabilities)")
     for a in (top_ax, bottom_ax):
         a.set_axis_off()

@@ -295,7 +295,9 @@ class CategoricalVAE(nn.Module):
     def sample_prior(self, num_samples: int) -> Tensor:
         """Pixel probabilities decoded from ``num_samples`` draws of the uniform prior."""
         num_samples = check_int("num_samples", num_samples, minimum=0)
-        probs = torch.full((num_samples, self.num_latents, self.num_classes), 1.0 / self.num_classes)
+        device = next(self.parameters()).device
+        shape = (num_samples, self.num_latents, self.num_classes)
+        probs = torch.full(shape, 1.0 / self.num_classes, device=device)
         return torch.sigmoid(self.decode(dist.OneHotCategorical(probs=probs).sample()))
 
     @property
