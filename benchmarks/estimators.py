@@ -64,7 +64,7 @@ from _common import (
 from tqdm import tqdm
 
 import pyro_concrete
-from pyro_concrete.ops.gumbel_rao import draw_log_uniform
+from pyro_concrete.ops.gumbel_rao import BLOCK_ELEMENTS, draw_log_uniform
 
 TEMPERATURES = (0.1, 0.5, 1.0, 2.0)
 
@@ -159,11 +159,16 @@ def _pyro_st_step(temperature: float) -> Callable:
 
 def _floor_work(draws: int) -> Callable:
     """The draws' irreducible work: ``k`` uniform numbers per element, two logarithms and one
-    exponential of each (in place: no allocation beyond the draw's buffer)."""
+    exponential of each, kept (as the backward pass needs them). In place, in blocks of rows
+    of ``BLOCK_ELEMENTS`` numbers as the kernel draws them: the cheapest way to do it."""
 
     def work(logits: torch.Tensor, weights: torch.Tensor) -> None:
-        buffer = draw_log_uniform(torch.Size([draws]) + logits.shape, logits.dtype, logits.device)
-        buffer.neg_().log_().exp_()
+        rows, categories = logits.shape
+        per_block = max(1, BLOCK_ELEMENTS // (draws * categories))
+        kept = []
+        for start in range(0, rows, per_block):
+            shape = torch.Size([min(per_block, rows - start), draws, categories])
+            kept.append(draw_log_uniform(shape, logits.dtype, logits.device).neg_().log_().exp_())
 
     return work
 

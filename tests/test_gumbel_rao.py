@@ -88,31 +88,34 @@ def _logits():
     )
 
 
-@pytest.mark.parametrize("in_place", [True, False])
-def test_closed_form_is_the_truncated_gumbel_construction(monkeypatch, in_place):
+def test_closed_form_is_the_truncated_gumbel_construction(monkeypatch):
     """q = x_D - x for the first draw's θ + G and for conditional_gumbel's draws from the same
     Exponential variables (E = -log u, G = -log E)."""
     theta, masked = shifted_logits(_logits())
     draws = 6
     log_u = gr.draw_log_uniform(torch.Size([3, draws, 5]), F64, DEVICE)
-    monkeypatch.setattr(gr, "draw_log_uniform", lambda *args: log_u.clone())
-    q, index = gr._negated_log_ratios(theta, draws, in_place=in_place)
+    given = iter([log_u[:, :1].clone(), log_u[:, 1:].clone()])  # the first draw's, the others'
+    monkeypatch.setattr(gr, "draw_log_uniform", lambda *args: next(given))
+    first, rest, index = gr._negated_log_ratios(theta, draws)
+    q = torch.cat([first, rest], 1)
     gumbel = -torch.log(-log_u)
     expected_index = (theta + gumbel[:, 0]).argmax(-1, keepdim=True)
     assert torch.equal(index, expected_index)
-    x = torch.cat(
-        [
-            (theta + gumbel[:, 0]).unsqueeze(1),
-            theta.unsqueeze(1)
-            + ops.conditional_gumbel(theta.unsqueeze(1), index.unsqueeze(1), gumbel[:, 1:]),
-        ],
-        1,
-    )
-    expected = x.gather(-1, index.unsqueeze(1).expand(3, draws, 1)) - x
+    conditional = ops.conditional_gumbel(theta.unsqueeze(1), index.unsqueeze(1), gumbel[:, 1:])
+    x = torch.cat([(theta + gumbel[:, 0]).unsqueeze(1), theta.unsqueeze(1) + conditional], 1)
+    at_d = index.unsqueeze(1).expand(3, draws, 1)
+    expected = x.gather(-1, at_d) - x
     unmasked = ~masked.unsqueeze(1).expand_as(q)
     torch.testing.assert_close(q[unmasked], expected[unmasked], rtol=1e-12, atol=1e-12)
     assert (q[~unmasked] > 1e300).all()  # a masked category's soft value is exactly 0
-    assert (q.gather(-1, index.unsqueeze(1).expand(3, draws, 1)) == 0).all()
+    assert (q.gather(-1, at_d) == 0).all()
+    # The eager kernel's soft samples, e / n, from the same draws: softmax(-q / τ).
+    given = iter([log_u[:, :1].clone(), log_u[:, 1:].clone()])
+    tau = torch.tensor([0.3, 1.0, 2.5], dtype=F64).view(3, 1, 1)
+    (e_first, n_first, e_rest, n_rest), eager_index = gr._unnormalised_soft_samples(theta, tau, draws)
+    assert torch.equal(eager_index, index)
+    soft = torch.cat([e_first / n_first, e_rest / n_rest], 1)
+    torch.testing.assert_close(soft, torch.softmax(-q / tau, -1), rtol=1e-12, atol=1e-15)
 
 
 def test_per_category_mean_gradients_are_the_st_conditional_means():

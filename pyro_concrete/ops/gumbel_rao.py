@@ -15,34 +15,38 @@ a row matter to a softmax, and relative to ``M`` they are
 
 ``ℓ_iD = 0``. The second form never overflows (``p_j`` may underflow to 0, where the ratio
 takes over; a masked category has ``log(1 / p_j)`` of order ``finfo.max`` and a soft value of
-exactly 0). A soft sample is then ``exp(ℓ_i / τ)`` over its row sum, which is at least 1: per
-element and draw, one uniform number, two logarithms and one exponential, on a buffer owned
-by the kernel and updated in place. The first draw is the one that decides ``D`` (noise that
-produced ``D`` is one draw of the noise given ``D``), so ``k`` draws need ``k`` random numbers
-per element in all.
+exactly 0). A soft sample is then ``e_i / n_i`` with ``e_i = exp(ℓ_i / τ)`` and its row sum
+``n_i >= 1``: per element and draw, one uniform number, two logarithms and one exponential,
+on buffers owned by the kernel and updated in place (the first draw's and the others' apart:
+in-place passes over a slice are up to twice as slow at small ``K``). The first draw is the
+one that decides ``D`` (noise that produced ``D`` is one draw of the noise given ``D``), so
+``k`` draws need ``k`` random numbers per element in all.
 
 **Uniform numbers from random bits.** ``aten::random`` fills an int64 buffer with 63
-random bits per word at a fraction of the cost of ``torch.rand`` per float32 number (about
-1.7x less per number on CPU, measured); each 32-bit half of a word gives 23 bits ``m``, and
+random bits per word, from torch's generator, at less than ``torch.rand``'s cost per float32
+number (about 1.4x less on CPU, measured); each 32-bit half of a word gives 23 bits ``m``, and
 ``u = (m + 1/2) 2^-23`` (exact) is uniform on the midpoints of a grid: never 0 nor 1, so
 ``E`` is finite and positive (float64: 52 bits per word, ``u`` in ``[2^-53, 1 - 2^-53]``).
 
 **The gradient.** The Jacobian of a softmax is symmetric, so the vector-Jacobian product
 needs only the soft samples ``s_i``: with respect to ``θ``,
-``(s̄ ⊙ g - (1/k) Σ_i s_i (s_i · g)) / τ``, two batched matrix products; with respect to
-``τ``, ``-(1/(k τ)) Σ_i [(s_i ⊙ log s_i) · g - (s_i · log s_i)(s_i · g)]`` (the Jacobian
-annihilates each row's constant, so ``log s_i`` stands for ``ℓ_i / τ``). Where a second
-derivative is asked for (``create_graph=True``), the backward pass rebuilds the soft samples
-as ``softmax((θ - θ.detach() + τ.detach() log s_i) / τ)``, equal in value and differentiable,
+``(s̄ ⊙ g - (1/k) Σ_i s_i (s_i · g)) / τ``; with respect to ``τ``,
+``-(1/(k τ)) Σ_i [(s_i ⊙ log s_i) · g - (s_i · log s_i)(s_i · g)]`` (the Jacobian annihilates
+each row's constant, so ``log s_i`` stands for ``ℓ_i / τ``). The ``e_i`` are kept unnormalised:
+``s̄`` and ``Σ_i s_i (s_i · g)`` are batched matrix products with the weights ``1 / n_i``, so
+no pass is spent on normalising. Where a second derivative is asked for
+(``create_graph=True``), the backward pass rebuilds the soft samples as
+``softmax((θ - θ.detach() + τ.detach() log s_i) / τ)``, equal in value and differentiable,
 and evaluates the same formulas on them: derivatives of every order are those of ``s̄``.
 Under ``torch.jit.trace``, ``torch.compile`` and ``torch.func`` the same numbers come from a
 plain composition of torch operations (softmax and mean over the draws), which autograd and
-the transforms differentiate themselves.
+the transforms differentiate themselves; a test holds the two equal to second order.
 
-**Memory.** The draws are made in blocks of rows of about :data:`BLOCK_ELEMENTS` numbers,
-small enough for the allocator to reuse (a large fresh buffer costs a page fault per 4 KiB
-on every call, measured to double the time of a pass). The soft samples, ``k`` per element,
-are kept for the backward pass.
+**Memory and cost.** The draws are made in blocks of rows of about :data:`BLOCK_ELEMENTS`
+numbers, small enough for the allocator to reuse between blocks. The ``k`` soft samples per
+element are kept for the backward pass. ``python benchmarks/estimators.py --cost-only``
+times a step against ST and against this floor: ``k`` uniform numbers per element, two
+logarithms and an exponential of each, kept.
 """
 
 from __future__ import annotations
@@ -131,29 +135,44 @@ def _eager() -> bool:
     return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _inside_function_transform())
 
 
-def _negated_log_ratios(theta: Tensor, draws: int, in_place: bool) -> tuple[Tensor, Tensor]:
-    """``(q, D)`` for one block of rows: ``q = -ℓ >= 0`` of shape ``(rows, draws, K)`` (the
-    module docstring; 0 at ``D``) and the Gumbel-max index ``D`` of shape ``(rows, 1)``,
-    decided by the first draw. Without gradient; ``theta`` is ``(rows, K)``, shifted.
-    ``in_place``: update the random buffer in place (eager mode), else out of place (the
-    same operations in the same order: the same numbers)."""
+def _negated_log_ratios(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q_first, q_rest, D)`` for one block of rows: ``q = -ℓ >= 0`` (the module docstring;
+    0 at ``D``) of the first draw, shape ``(rows, 1, K)``, and of the ``draws - 1`` others,
+    ``(rows, draws - 1, K)``, each in a buffer of its own (in-place passes over a contiguous
+    buffer are up to twice as fast as over a slice of one), and the Gumbel-max index ``D`` of
+    shape ``(rows, 1)``, decided by the first draw. Without gradient; ``theta`` is
+    ``(rows, K)``, shifted."""
     rows, num_categories = theta.shape
-    log_u = draw_log_uniform(torch.Size([rows, draws, num_categories]), theta.dtype, theta.device)
+    log_u_first = draw_log_uniform(torch.Size([rows, 1, num_categories]), theta.dtype, theta.device)
+    log_u = draw_log_uniform(torch.Size([rows, draws - 1, num_categories]), theta.dtype, theta.device)
     # The first draw: θ + G with G = -log(-log u); D is its argmax; q = x_D - x >= 0.
-    perturbed = theta - torch.log(-log_u[:, 0])
-    index = perturbed.argmax(-1, keepdim=True)
-    first = perturbed.gather(-1, index) - perturbed
+    perturbed = theta.unsqueeze(-2) - torch.log(-log_u_first)
+    index = perturbed.argmax(-1)
+    first = perturbed.gather(-1, index.unsqueeze(-1)) - perturbed
     # The others, given D: q = log(1/p) + log(p + E / E_D), and 0 at D.
-    p, log_inv_p = _row_constants(theta)
-    at_d = index.unsqueeze(-2).expand(rows, draws - 1, 1)
-    rest = log_u[:, 1:]
-    if in_place:
-        rest.div_(rest.gather(-1, at_d)).add_(p.unsqueeze(-2)).log_().add_(log_inv_p.unsqueeze(-2))
-        rest.scatter_(-1, at_d, 0.0)
-        log_u[:, 0] = first
-        return log_u, index
-    rest = (rest / rest.gather(-1, at_d) + p.unsqueeze(-2)).log() + log_inv_p.unsqueeze(-2)
-    return torch.cat([first.unsqueeze(-2), rest.scatter(-1, at_d, 0.0)], -2), index
+    p, log_inv_p = _row_constants(theta.unsqueeze(-2))
+    at_d = index.unsqueeze(-1).expand(rows, draws - 1, 1)
+    rest = (log_u / log_u.gather(-1, at_d) + p).log() + log_inv_p
+    return first, rest.scatter(-1, at_d, 0.0), index
+
+
+def _unnormalised_soft_samples(theta: Tensor, tau: Tensor, draws: int) -> tuple[list[Tensor], Tensor]:
+    """The eager form of :func:`_negated_log_ratios`, in place and a step further:
+    ``([e_first, n_first, e_rest, n_rest], D)`` with ``e = exp(ℓ / τ)`` (1 at ``D``) and its
+    row sums ``n >= 1``, so that the soft samples are ``e / n``. ``tau``: ``(rows, 1, 1)``."""
+    rows, num_categories = theta.shape
+    log_u_first = draw_log_uniform(torch.Size([rows, 1, num_categories]), theta.dtype, theta.device)
+    log_u = draw_log_uniform(torch.Size([rows, draws - 1, num_categories]), theta.dtype, theta.device)
+    perturbed = theta.unsqueeze(-2) - torch.log(-log_u_first)
+    index = perturbed.argmax(-1)
+    first = perturbed.sub_(perturbed.gather(-1, index.unsqueeze(-1))).div_(tau).exp_()
+    p, log_inv_p = _row_constants(theta.unsqueeze(-2))
+    at_d = index.unsqueeze(-1).expand(rows, draws - 1, 1)
+    log_u.div_(log_u.gather(-1, at_d)).add_(p).log_()
+    # ℓ / τ = -(log(1/p) + log(p + E / E_D)) / τ in one pass (a masked category: -inf).
+    torch.addcmul(log_inv_p.div(-tau), log_u, tau.reciprocal().neg_(), out=log_u)
+    rest = log_u.scatter_(-1, at_d, 0.0).exp_()
+    return [first, first.sum(-1, keepdim=True), rest, rest.sum(-1, keepdim=True)], index
 
 
 def _blocks(rows: int, draws: int, num_categories: int) -> list[tuple[int, int]]:
@@ -185,9 +204,9 @@ def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tupl
         soft = []
         with torch.no_grad():
             for start, stop in blocks:
-                q, index = _negated_log_ratios(theta[start:stop].detach(), draws, in_place=True)
-                s = q.div_(-temperature[start:stop].detach().unsqueeze(-1)).exp_()
-                soft.append(s.div_(s.sum(-1, keepdim=True)))
+                tau = temperature[start:stop].detach().unsqueeze(-1)
+                parts, index = _unnormalised_soft_samples(theta[start:stop].detach(), tau, draws)
+                soft.extend(parts)
                 indices.append(index)
         return torch.cat(indices), _SoftMean.apply(theta, temperature, *soft)
     # The composition: the same values, differentiated by autograd and the transforms.
@@ -195,24 +214,43 @@ def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tupl
     for start, stop in blocks:
         rows = theta[start:stop]
         with torch.no_grad():
-            q, index = _negated_log_ratios(rows.detach(), draws, in_place=False)
-        logits = ((rows - rows.detach()).unsqueeze(-2) - q) * temperature[start:stop].unsqueeze(
-            -1
-        ).reciprocal()
+            *parts, index = _negated_log_ratios(rows.detach(), draws)
         # Clamped where a masked category's -q / τ overflows, and multiplied by 1/τ: no inf
         # enters the τ-derivative (as in :func:`~pyro_concrete.ops.concrete.log_sample`).
-        means.append(torch.softmax(logits.clamp_min(torch.finfo(q.dtype).min), -1).mean(-2))
+        inv_tau = temperature[start:stop].unsqueeze(-1).reciprocal()
+        soft = [
+            torch.softmax(
+                (((rows - rows.detach()).unsqueeze(-2) - q) * inv_tau).clamp_min(torch.finfo(q.dtype).min), -1
+            )
+            for q in parts
+        ]
+        means.append(_mean_of_parts(*soft))
         indices.append(index)
     return torch.cat(indices), torch.cat(means)
 
 
+def _mean_of_parts(first: Tensor, rest: Tensor) -> Tensor:
+    """``(1/k) Σ_i s_i`` of a block's soft samples: the first draw's ``(rows, 1, K)`` and the
+    others' ``(rows, k - 1, K)``."""
+    return (first.sum(-2) + rest.sum(-2)) / (first.shape[-2] + rest.shape[-2])
+
+
 class _SoftMean(torch.autograd.Function):
-    """``s̄`` from soft samples computed without autograd, with the vector-Jacobian product of
-    the module docstring (and, under ``create_graph``, a differentiable one)."""
+    """``s̄`` from soft samples computed without autograd and held unnormalised, as
+    ``(e, n)`` pairs with ``s = e / n`` (two per block of rows: the first draw's and the
+    others'), with the vector-Jacobian product of the module docstring (and, under
+    ``create_graph``, a differentiable one). Batched matrix products with the weights ``1/n``
+    take the place of the normalisation: no pass of the parts' size is spent on it."""
 
     @staticmethod
     def forward(theta: Tensor, temperature: Tensor, *soft: Tensor) -> Tensor:
-        return torch.cat([s.mean(-2) for s in soft])
+        draws = soft[0].shape[-2] + soft[2].shape[-2]
+        means = []
+        for e_first, n_first, e_rest, n_rest in _quadruples(soft):
+            mean = torch.matmul(n_first.reciprocal().transpose(-1, -2), e_first)
+            mean = mean + torch.matmul(n_rest.reciprocal().transpose(-1, -2), e_rest)
+            means.append(mean.squeeze(-2) / draws)
+        return torch.cat(means)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -223,34 +261,55 @@ class _SoftMean(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         theta, temperature, output, *soft = ctx.saved_tensors
         needs_theta, needs_tau = ctx.needs_input_grad[:2]
+        draws = soft[0].shape[-2] + soft[2].shape[-2]
         grads_theta, grads_tau = [], []
         start = 0
-        for s in soft:
-            stop = start + s.shape[0]
-            tau = temperature[start:stop]
-            mean = output[start:stop]
-            if torch.is_grad_enabled():  # create_graph: the soft samples as functions of θ, τ
-                rows = theta[start:stop]
-                # A 0 (a masked category) stays exactly 0, with derivative 0; the smallest
-                # normal float in its place keeps inf out of the τ-derivative.
-                zero = s == 0
-                log_s = torch.log(s.masked_fill(zero, torch.finfo(s.dtype).tiny))
-                scaled = (rows - rows.detach()).unsqueeze(-2) + tau.detach().unsqueeze(-1) * log_s
-                s = torch.softmax(scaled / tau.unsqueeze(-1), -1).masked_fill(zero, 0.0)
-                mean = s.mean(-2)
-            g = grad[start:stop].unsqueeze(-1)  # (rows, K, 1)
-            dots = (s * g.transpose(-1, -2)).sum(-1, keepdim=True)  # s_i · g: (rows, draws, 1)
-            draws = s.shape[-2]
+        for e_first, n_first, e_rest, n_rest in _quadruples(soft):
+            stop = start + e_first.shape[0]
+            tau, g, mean = temperature[start:stop], grad[start:stop], output[start:stop]
+            if torch.is_grad_enabled() or needs_tau:  # the soft samples themselves
+                parts = [e_first / n_first, e_rest / n_rest]
+                if torch.is_grad_enabled():  # create_graph: as functions of θ and τ
+                    parts = [_rebuilt(s, theta[start:stop], tau) for s in parts]
+                    mean = _mean_of_parts(*parts)
+                weights = [torch.ones_like(n_first), torch.ones_like(n_rest)]
+            else:
+                parts, weights = [e_first, e_rest], [n_first.reciprocal(), n_rest.reciprocal()]
+            # s_i · g = (e_i · g) / n_i (a product and a sum: CPU's batched matrix product is
+            # slower for these shapes), and Σ_i s_i (s_i · g), a batched product.
+            dots = [
+                (e * g.unsqueeze(-2)).sum(-1, keepdim=True) * w for e, w in zip(parts, weights, strict=True)
+            ]
             if needs_theta:
-                mixed = torch.matmul(dots.transpose(-1, -2), s).squeeze(-2)  # Σ_i s_i (s_i · g)
-                grads_theta.append((mean * grad[start:stop] - mixed / draws) / tau)
+                first, rest = (
+                    torch.matmul((d * w).transpose(-1, -2), e).squeeze(-2)
+                    for d, w, e in zip(dots, weights, parts, strict=True)
+                )
+                grads_theta.append((mean * g - (first + rest) / draws) / tau)
             if needs_tau:
-                s_log_s = torch.xlogy(s, s)
-                terms = (s_log_s * g.transpose(-1, -2)).sum(-1, keepdim=True) - s_log_s.sum(
-                    -1, keepdim=True
-                ) * dots
-                grads_tau.append(-terms.sum(-2) / (draws * tau))
+                terms = []
+                for d, s in zip(dots, parts, strict=True):
+                    s_log_s = torch.xlogy(s, s)
+                    terms.append(
+                        (torch.matmul(s_log_s, g.unsqueeze(-1)) - s_log_s.sum(-1, keepdim=True) * d).sum(-2)
+                    )
+                grads_tau.append(-(terms[0] + terms[1]) / (draws * tau))
             start = stop
         grad_theta = torch.cat(grads_theta) if needs_theta else None
         grad_tau = torch.cat(grads_tau) if needs_tau else None
         return (grad_theta, grad_tau) + (None,) * len(soft)
+
+
+def _quadruples(soft: tuple[Tensor, ...]) -> list[tuple[Tensor, ...]]:
+    return [tuple(soft[i : i + 4]) for i in range(0, len(soft), 4)]
+
+
+def _rebuilt(s: Tensor, rows: Tensor, tau: Tensor) -> Tensor:
+    """Soft samples ``s`` (rows, m, K) rebuilt as differentiable functions of the rows' logits
+    and temperature, equal in value: ``softmax((θ - θ.detach() + τ.detach() log s) / τ)``. A 0
+    (a masked category) stays exactly 0, with derivative 0; the smallest normal float in its
+    place keeps inf out of the τ-derivative."""
+    zero = s == 0
+    log_s = torch.log(s.masked_fill(zero, torch.finfo(s.dtype).tiny))
+    scaled = (rows - rows.detach()).unsqueeze(-2) + tau.detach().unsqueeze(-1) * log_s
+    return torch.softmax(scaled / tau.unsqueeze(-1), -1).masked_fill(zero, 0.0)
