@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.distributions import constraints as torch_constraints
 
 from .. import constraints, ops
+from ..ops import concrete as concrete_kernels
 from ..parameters import Number, compute_dtype
 from ._base import TemperedDistribution
 
@@ -36,6 +37,32 @@ def _weighted_log_probs(value: Tensor, log_p: Tensor, ruled_out: Tensor) -> Tens
     forward = value.detach() * torch.where(ruled_out, 0.0, log_p)
     beyond = log_p.detach().abs() > math.sqrt(torch.finfo(log_p.dtype).max)
     return forward + (value - value.detach()) * torch.where(ruled_out | beyond, 0.0, log_p)
+
+
+def _within_sqrt_max(*log_ps: Tensor) -> bool:
+    """Whether no entry of the (nonpositive) log-probabilities is beyond ``sqrt`` of their
+    dtype's largest float, the bound of :func:`_weighted_log_probs` (NaN: False). One
+    reduction each, nothing of full size allocated; call only where
+    :func:`~pyro_concrete.ops.concrete._may_branch_on_values` allows."""
+    return all(bool(log_p.detach().amin() >= -math.sqrt(torch.finfo(log_p.dtype).max)) for log_p in log_ps)
+
+
+def _plain_product_is_exact(log_p: Tensor, logits: Tensor) -> bool:
+    """Whether ``(value * log_p).sum(-1)`` may stand for :func:`_weighted_log_probs` of the
+    categorical (and ``log_prob``'s ``-inf`` for impossible values): no category of
+    ``logits`` is masked (:func:`~pyro_concrete.ops.structural_zeros` all False, decided on
+    each row's smallest entry: ``x - max`` rounds monotonically in ``x``) and ``|log_p| <=
+    sqrt(finfo.max)``. There both have the same value (``(v - v.detach()) · log_p`` adds an
+    exact zero) and the same derivatives of every order with respect to ``value`` and
+    ``log_p``: each ``where`` passes ``log_p`` and its gradient through unchanged (for finite
+    values; an infinite entry, outside the support, scores ``±inf`` here where the general
+    expression gives NaN). Decided from row-sized reductions, only where Python may read
+    values; else False."""
+    if log_p.numel() == 0 or not concrete_kernels._may_branch_on_values(log_p):
+        return False
+    smallest, largest = torch.aminmax(logits.detach(), dim=-1)
+    gap = concrete_kernels._masking_gap(logits.dtype)
+    return bool((smallest - largest).amin() >= -gap) and _within_sqrt_max(log_p)
 
 
 def straight_through_score_parts(d: TemperedDistribution, value: Tensor) -> ScoreParts:
@@ -205,8 +232,11 @@ class ConcreteStraightThrough(_StraightThroughFamily):
         """
         if self._validate_args:
             self._validate_sample(value)
+        log_p = self.log_probs
+        if _plain_product_is_exact(log_p, self.logits):
+            return (value * log_p).sum(-1)  # nothing masked, nothing beyond sqrt(finfo.max)
         masked = ops.structural_zeros(self.logits)
-        total = _weighted_log_probs(value, self.log_probs, masked).sum(-1)
+        total = _weighted_log_probs(value, log_p, masked).sum(-1)
         impossible = ((value != 0) & masked).any(-1)
         return torch.where(impossible, -torch.inf, total)
 
@@ -279,6 +309,18 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
         certain = ops.certain_outcomes(self.logits)
         return certain & (self.logits < 0), certain & (self.logits > 0)
 
+    def _plain_product_is_exact(self, log_p1: Tensor, log_p0: Tensor) -> bool:
+        """The binary case of :func:`_plain_product_is_exact`: no logit certain
+        (:func:`~pyro_concrete.ops.certain_outcomes`, ``|θ| > finfo.max / 2`` in the logits'
+        own dtype, all False: one ``aminmax``) and neither log-probability beyond
+        ``sqrt(finfo.max)``; then ``value · log p1 + (1 - value) · log p0`` has the value and
+        derivatives of every order of the general expression."""
+        if log_p1.numel() == 0 or not concrete_kernels._may_branch_on_values(log_p1):
+            return False
+        smallest, largest = torch.aminmax(self.logits.detach())
+        half = torch.finfo(self.logits.dtype).max / 2
+        return bool((smallest >= -half) & (largest <= half)) and _within_sqrt_max(log_p1, log_p0)
+
     def entropy(self) -> Tensor:
         p = self.probs
         no_1, no_0 = self._ruled_out()
@@ -294,10 +336,11 @@ class BinaryConcreteStraightThrough(_StraightThroughFamily):
         outcome that an infinite logit rules out (never ``0 * inf``)."""
         if self._validate_args:
             self._validate_sample(value)
+        log_p1, log_p0 = self._log_p1, self._log_p0
+        if self._plain_product_is_exact(log_p1, log_p0):
+            return value * log_p1 + (1 - value) * log_p0  # nothing certain, nothing beyond
         no_1, no_0 = self._ruled_out()
-        total = _weighted_log_probs(value, self._log_p1, no_1) + _weighted_log_probs(
-            1 - value, self._log_p0, no_0
-        )
+        total = _weighted_log_probs(value, log_p1, no_1) + _weighted_log_probs(1 - value, log_p0, no_0)
         impossible = ((value != 0) & no_1) | ((value != 1) & no_0)
         return torch.where(impossible, -torch.inf, total)
 
