@@ -29,8 +29,9 @@ of a linear loss; float32, ``--threads`` threads) at the shapes of ``--cost-shap
 median over ``--cost-repeats`` interleaved rounds of ST, Gumbel-Rao with ``k =
 --rao-samples`` and Pyro's ST class, as a ratio to our ST step. Its last column is the floor
 of Gumbel-Rao measured in the same run: an ST step plus the work no implementation of the
-``k`` conditional draws avoids, ``k`` uniform numbers per element and two logarithms and an
-exponential of each (timed on their own, in place on one buffer).
+other ``k - 1`` conditional draws avoids, a uniform number per element and draw and two
+logarithms and an exponential of each, kept for the backward pass (timed on their own, in
+place, in the kernel's blocks; the backward pass's products are not counted).
 
 Run from the repository root::
 
@@ -158,9 +159,12 @@ def _pyro_st_step(temperature: float) -> Callable:
 
 
 def _floor_work(draws: int) -> Callable:
-    """The draws' irreducible work: ``k`` uniform numbers per element, two logarithms and one
+    """The work of the ``k - 1`` draws beyond the one an ST step makes itself, which no
+    implementation avoids: a uniform number per element and draw, two logarithms and one
     exponential of each, kept (as the backward pass needs them). In place, in blocks of rows
-    of ``BLOCK_ELEMENTS`` numbers as the kernel draws them: the cheapest way to do it."""
+    of ``BLOCK_ELEMENTS`` numbers as the kernel draws them: the cheapest way to do it. The
+    backward pass's products over the kept draws are not counted."""
+    draws = draws - 1
 
     def work(logits: torch.Tensor, weights: torch.Tensor) -> None:
         rows, categories = logits.shape
@@ -291,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     cost.add_argument("--rao-samples", type=int, default=10, help="k of the Gumbel-Rao row")
     cost.add_argument("--cost-temperature", type=float, default=0.5, help="temperature of every step")
-    cost.add_argument("--cost-repeats", type=int, default=21, help="timed rounds per shape (median)")
+    cost.add_argument("--cost-repeats", type=int, default=31, help="timed rounds per shape (median)")
     cost.add_argument("--threads", type=int, default=2, help="torch threads for the cost table")
     cost.add_argument(
         "--cost-csv", default=str(RESULTS_DIR / "estimator_costs.csv"), help="where to write the costs"

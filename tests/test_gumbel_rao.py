@@ -112,7 +112,7 @@ def test_closed_form_is_the_truncated_gumbel_construction(monkeypatch):
     # The eager kernel's soft samples, e / n, from the same draws: softmax(-q / τ).
     given = iter([log_u[:, :1].clone(), log_u[:, 1:].clone()])
     tau = torch.tensor([0.3, 1.0, 2.5], dtype=F64).view(3, 1, 1)
-    (e_first, n_first, e_rest, n_rest), eager_index = gr._unnormalised_soft_samples(theta, tau, draws)
+    (e_first, n_first, e_rest, n_rest), eager_index = gr._unnormalised_soft_samples(theta, tau, draws, None)
     assert torch.equal(eager_index, index)
     soft = torch.cat([e_first / n_first, e_rest / n_rest], 1)
     torch.testing.assert_close(soft, torch.softmax(-q / tau, -1), rtol=1e-12, atol=1e-15)
@@ -160,7 +160,7 @@ def test_hand_written_backward_is_the_compositions_to_second_order(monkeypatch, 
     weights = torch.randn(3, 5, dtype=F64)
 
     def derivatives(eager):
-        monkeypatch.setattr(gr, "_eager", lambda: eager)
+        monkeypatch.setattr(gr, "_eager", lambda *tensors: eager)
         theta = base.clone().requires_grad_()
         tau = torch.tensor([[0.4], [1.3], [0.7]], dtype=F64, requires_grad=True)
         index, mean = _surrogate(theta, tau, 4, seed=11)
@@ -185,3 +185,70 @@ def test_first_derivatives_skip_what_is_not_asked_for():
     (g,) = torch.autograd.grad(mean[:, 0].sum(), theta)
     assert torch.isfinite(g).all()
     torch.testing.assert_close(g.sum(-1), torch.zeros(6, dtype=F64))  # a softmax's rows
+
+
+# -- found in review ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_masked_half_precision_category_stays_exactly_zero_at_a_large_temperature(monkeypatch, eager):
+    """float16's mask fill (-49120), read in float32, would not underflow at τ = 1e4."""
+    monkeypatch.setattr(gr, "_eager", lambda *tensors: eager)
+    logits = torch.tensor([[0.0, -math.inf, 1.0, -2.0]] * 50, dtype=torch.float16, requires_grad=True)
+    z = ops.straight_through_sample(logits, 1e4, estimator="gumbel_rao", rao_samples=4)
+    assert (z[:, 1] == 0).all()
+    (grad,) = torch.autograd.grad((z * torch.arange(4.0, dtype=torch.float16)).sum(), logits)
+    assert torch.isfinite(grad).all() and (grad[:, 1] == 0).all()
+    theta, masked = shifted_logits(logits.detach().float())
+    torch.manual_seed(0)
+    _, mean = gr.gumbel_rao_soft_mean(theta, torch.full((50, 1), 1e4), 4, masked)
+    assert (mean[:, 1] == 0).all()
+    torch.testing.assert_close(mean.sum(-1), torch.ones(50))
+
+
+@pytest.mark.parametrize("estimator", ops.ESTIMATORS)
+@pytest.mark.parametrize("binary", [False, True])
+def test_forward_mode_derivatives_are_the_reverse_mode_ones(estimator, binary):
+    """torch.autograd.forward_ad: a tangent on the logits alone builds the surrogate, and
+    Gumbel-Rao's hand-written backward (no forward mode) gives way to the composition."""
+    logits = torch.randn(5, 6, dtype=F64)
+    tangent = torch.randn(5, 6, dtype=F64)
+    weights = torch.randn(5, 6, dtype=F64)
+    sampler = ops.binary_straight_through_sample if binary else ops.straight_through_sample
+
+    def sample(lg):
+        torch.manual_seed(4)
+        return sampler(lg, 0.7, estimator=estimator, rao_samples=3)
+
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(logits, tangent)
+        forward = torch.autograd.forward_ad.unpack_dual((sample(dual) * weights).sum()).tangent
+    leaf = logits.clone().requires_grad_()
+    (reverse,) = torch.autograd.grad((sample(leaf) * weights).sum(), leaf)
+    torch.testing.assert_close(forward, (reverse * tangent).sum())
+
+
+def test_gradients_inside_vmap_are_the_per_entry_gradients():
+    """grad of a vmapped rsample: each entry's gradient is the estimator's, not 0."""
+    logits = torch.randn(3, 6, dtype=F64)
+    weights = torch.randn(6, dtype=F64)
+
+    def loss(lg):
+        return (ops.straight_through_sample(lg, 0.7, estimator="gumbel_rao", rao_samples=3) * weights).sum()
+
+    grads = torch.func.grad(lambda lg: torch.func.vmap(loss, randomness="different")(lg).sum())(logits)
+    assert torch.isfinite(grads).all() and (grads.abs().sum(-1) > 0).all()
+    torch.testing.assert_close(grads.sum(-1), torch.zeros(3, dtype=F64))  # a softmax's rows
+
+
+def test_uniform_numbers_differ_per_vmap_entry_under_torch_compile():
+    torch._dynamo.reset()
+    draw = torch.compile(
+        torch.func.vmap(
+            lambda x: x + gr.draw_log_uniform(torch.Size([5]), torch.float32, DEVICE), randomness="different"
+        ),
+        backend="aot_eager",
+    )
+    rows = draw(torch.zeros(4, 5))
+    torch._dynamo.reset()
+    assert len({tuple(r.tolist()) for r in rows}) == 4

@@ -212,6 +212,11 @@ def train_vae(
     """
     num_train = train_x.shape[0]
     check_shards(num_train, config.batch_size, parallel.world_size)
+    if test_x.shape[0] < parallel.world_size:  # each process scores a part of the test set
+        raise ValueError(
+            f"the test set holds {test_x.shape[0]} images, fewer than the {parallel.world_size} "
+            "processes: a process would score none; use fewer processes"
+        )
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     schedule = config.schedule()

@@ -55,6 +55,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from .concrete import _inside_function_transform
 
@@ -86,10 +87,11 @@ def draw_uniform_midpoints(shape: torch.Size, dtype: torch.dtype, device: torch.
     """``u`` uniform on the midpoints ``(m + 1/2) 2^-b``, ``m < 2^b``, of ``(0, 1)``: never 0 nor 1.
 
     ``b`` is the mantissa width of ``dtype`` (23 for float32, 52 for float64). Drawn as random
-    bits (``aten::random``, whose 64-bit draws give two float32 numbers each: the same stream
-    in eager mode, under ``torch.jit.trace`` and under ``torch.compile``); inside ``torch.func``
-    transforms, by ``torch.randint`` (a different stream of the same law), which
-    ``vmap(randomness="different")`` batches.
+    bits (``Tensor.random_``, whose 64-bit draws give two float32 numbers each; the same stream
+    in eager mode and under ``torch.jit.trace``); inside ``torch.func`` transforms and under
+    ``torch.compile``, by ``torch.randint``, a different stream of the same law, which
+    ``vmap(randomness="different")`` batches (``torch.compile`` hides from Python whether a
+    ``vmap`` is active, so it takes the form that is right in both cases).
 
     Args:
         shape (torch.Size): shape of the result.
@@ -100,16 +102,12 @@ def draw_uniform_midpoints(shape: torch.Size, dtype: torch.dtype, device: torch.
         Tensor: a fresh buffer the caller owns.
     """
     bits = _MANTISSA_BITS[dtype]
-    # vmap batches randint, not a draw into an unbatched buffer (torch.compile's tracing
-    # looks like a transform from inside, and draws as eager mode does).
-    if _inside_function_transform() and not torch.compiler.is_compiling():
+    if not _draws_random_bits():
         mantissa = torch.randint(0, 1 << bits, tuple(shape), dtype=torch.int64, device=device)
         return mantissa.to(dtype).mul_(2.0**-bits).add_(2.0 ** -(bits + 1))
     numel = math.prod(shape)
     per_word = 64 // torch.finfo(dtype).bits
-    words = torch.empty(-(-numel // per_word), dtype=torch.int64, device=device)
-    # 63 random bits each (torch.compile traces the out-of-place form, the same numbers).
-    words = torch.ops.aten.random(words) if torch.compiler.is_compiling() else words.random_()
+    words = torch.empty(-(-numel // per_word), dtype=torch.int64, device=device).random_()  # 63 bits
     mask = (1 << bits) - 1
     if torch.jit.is_tracing():  # no dtype views in a trace: the same numbers by conversion
         halves = [words.bitwise_and(mask)]
@@ -122,17 +120,27 @@ def draw_uniform_midpoints(shape: torch.Size, dtype: torch.dtype, device: torch.
     return mantissa.bitwise_or_(_ONE_BITS[dtype]).view(dtype).sub_(1 - 2.0 ** -(bits + 1))
 
 
+def _draws_random_bits() -> bool:
+    """Whether the noise may be drawn as random bits into a buffer of the kernel's own: not
+    inside a ``torch.func`` transform, where ``vmap`` would give every entry the same numbers,
+    nor under ``torch.compile``, which cannot tell Python whether a ``vmap`` is active."""
+    return not (torch.compiler.is_compiling() or _inside_function_transform())
+
+
 def _row_constants(theta: Tensor) -> tuple[Tensor, Tensor]:
     """``(p, log(1/p))`` of shifted logits: ``softmax θ`` and ``logsumexp θ - θ``."""
     log_inv_p = theta.logsumexp(-1, keepdim=True) - theta
     return torch.exp(-log_inv_p), log_inv_p
 
 
-def _eager() -> bool:
-    """Whether Python may keep per-call state between the forward and backward passes: not
-    while ``torch.jit.trace`` records, ``torch.compile`` traces or a ``torch.func`` transform
-    runs (they see the composition instead)."""
-    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or _inside_function_transform())
+def _eager(*tensors: Tensor) -> bool:
+    """Whether the hand-written backward pass may serve: not while ``torch.jit.trace`` records,
+    ``torch.compile`` traces or a ``torch.func`` transform runs, nor for ``tensors`` that carry
+    forward-mode tangents (``torch.autograd.forward_ad``: the backward pass has no forward
+    mode). These see the composition instead."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or _inside_function_transform():
+        return False
+    return all(forward_ad.unpack_dual(t).tangent is None for t in tensors)
 
 
 def _negated_log_ratios(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,22 +164,29 @@ def _negated_log_ratios(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tens
     return first, rest.scatter(-1, at_d, 0.0), index
 
 
-def _unnormalised_soft_samples(theta: Tensor, tau: Tensor, draws: int) -> tuple[list[Tensor], Tensor]:
+def _unnormalised_soft_samples(
+    theta: Tensor, tau: Tensor, draws: int, masked: Tensor | None
+) -> tuple[list[Tensor], Tensor]:
     """The eager form of :func:`_negated_log_ratios`, in place and a step further:
     ``([e_first, n_first, e_rest, n_rest], D)`` with ``e = exp(ℓ / τ)`` (1 at ``D``) and its
-    row sums ``n >= 1``, so that the soft samples are ``e / n``. ``tau``: ``(rows, 1, 1)``."""
+    row sums ``n >= 1``, so that the soft samples are ``e / n``. ``tau``: ``(rows, 1, 1)``;
+    ``masked``: ``(rows, 1, K)`` or None."""
     rows, num_categories = theta.shape
     log_u_first = draw_log_uniform(torch.Size([rows, 1, num_categories]), theta.dtype, theta.device)
     log_u = draw_log_uniform(torch.Size([rows, draws - 1, num_categories]), theta.dtype, theta.device)
     perturbed = theta.unsqueeze(-2) - torch.log(-log_u_first)
     index = perturbed.argmax(-1)
     first = perturbed.sub_(perturbed.gather(-1, index.unsqueeze(-1))).div_(tau).exp_()
+    if masked is not None:
+        first.masked_fill_(masked, 0.0)
     p, log_inv_p = _row_constants(theta.unsqueeze(-2))
     at_d = index.unsqueeze(-1).expand(rows, draws - 1, 1)
     log_u.div_(log_u.gather(-1, at_d)).add_(p).log_()
     # ℓ / τ = -(log(1/p) + log(p + E / E_D)) / τ in one pass (a masked category: -inf).
     torch.addcmul(log_inv_p.div(-tau), log_u, tau.reciprocal().neg_(), out=log_u)
     rest = log_u.scatter_(-1, at_d, 0.0).exp_()
+    if masked is not None:
+        rest.masked_fill_(masked, 0.0)
     return [first, first.sum(-1, keepdim=True), rest, rest.sum(-1, keepdim=True)], index
 
 
@@ -181,7 +196,9 @@ def _blocks(rows: int, draws: int, num_categories: int) -> list[tuple[int, int]]
     return [(start, min(start + per_block, rows)) for start in range(0, rows, per_block)]
 
 
-def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tuple[Tensor, Tensor]:
+def gumbel_rao_soft_mean(
+    theta: Tensor, temperature: Tensor, draws: int, masked: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The Gumbel-max index and the Gumbel-Rao surrogate ``s̄`` for rows of shifted logits.
 
     Args:
@@ -190,6 +207,9 @@ def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tupl
             (:func:`~pyro_concrete.ops.concrete.shifted_logits`), in the compute dtype.
         temperature (Tensor): ``(rows, 1)``, positive.
         draws (int): ``k >= 2``, the number of conditional noise draws.
+        masked (Tensor, optional): ``(rows, K)`` bool, the masked categories (None: none).
+            Their soft values are set to exactly 0 (the fill of a half-precision mask, read in
+            float32, would not underflow at a large temperature).
 
     Returns:
         ``(index, s̄)``: ``(rows, 1)`` int64 Gumbel-max categories, and ``(rows, K)``, the mean
@@ -199,13 +219,14 @@ def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tupl
     """
     blocks = _blocks(theta.shape[0], draws, theta.shape[1])
     indices = []
-    if _eager():
+    if _eager(theta, temperature):
         # The soft samples computed in place, without autograd; _SoftMean's backward pass.
         soft = []
         with torch.no_grad():
             for start, stop in blocks:
                 tau = temperature[start:stop].detach().unsqueeze(-1)
-                parts, index = _unnormalised_soft_samples(theta[start:stop].detach(), tau, draws)
+                rows_masked = None if masked is None else masked[start:stop].unsqueeze(-2)
+                parts, index = _unnormalised_soft_samples(theta[start:stop].detach(), tau, draws, rows_masked)
                 soft.extend(parts)
                 indices.append(index)
         return torch.cat(indices), _SoftMean.apply(theta, temperature, *soft)
@@ -218,12 +239,11 @@ def gumbel_rao_soft_mean(theta: Tensor, temperature: Tensor, draws: int) -> tupl
         # Clamped where a masked category's -q / τ overflows, and multiplied by 1/τ: no inf
         # enters the τ-derivative (as in :func:`~pyro_concrete.ops.concrete.log_sample`).
         inv_tau = temperature[start:stop].unsqueeze(-1).reciprocal()
-        soft = [
-            torch.softmax(
-                (((rows - rows.detach()).unsqueeze(-2) - q) * inv_tau).clamp_min(torch.finfo(q.dtype).min), -1
-            )
-            for q in parts
-        ]
+        lowest = torch.finfo(theta.dtype).min
+        scaled = [(((rows - rows.detach()).unsqueeze(-2) - q) * inv_tau).clamp_min(lowest) for q in parts]
+        if masked is not None:
+            scaled = [z.masked_fill(masked[start:stop].unsqueeze(-2), lowest) for z in scaled]
+        soft = [torch.softmax(z, -1) for z in scaled]
         means.append(_mean_of_parts(*soft))
         indices.append(index)
     return torch.cat(indices), torch.cat(means)

@@ -43,11 +43,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from .._checks import check_int
 from ..parameters import compute_dtype, concrete_parameters
 from .binary import certain_outcomes, logit_sample
-from .concrete import floored_exp, log_sample, shifted_logits, structural_zeros
+from .concrete import _inside_function_transform, floored_exp, log_sample, shifted_logits, structural_zeros
 from .gumbel_rao import gumbel_rao_soft_mean
 from .noise import draw_gumbel, draw_logistic, draw_softmax_noise  # noqa: F401 (doctests)
 
@@ -87,6 +88,12 @@ def _prepare(
 
 
 def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether to build the estimator's surrogate: where a derivative may be asked for. Inside
+    a ``torch.func`` transform always (under ``vmap`` a tensor reports ``requires_grad=False``
+    even where an enclosing ``grad`` differentiates it), and for tensors that carry
+    forward-mode tangents (``torch.autograd.forward_ad``)."""
+    if _inside_function_transform() or any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return True
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
@@ -154,8 +161,9 @@ def _reinmax_surrogate(theta: Tensor, temperature: Tensor, masked: Tensor | None
     in value (``c`` without gradient): Liu et al. 2023, Algorithm 2, whose Jacobian is
     ``2 J(π1) - J(π0) / 2``. No gradient reaches the temperature. ``theta``: shifted logits,
     finite at masked categories, where ``π1`` and ``π0`` are exactly 0."""
-    with torch.no_grad():
-        tempered = log_sample(theta, temperature.unsqueeze(-1), torch.zeros_like(theta), masked, theta.dtype)
+    with torch.no_grad():  # and detached: no_grad does not stop forward-mode tangents
+        theta_value, tau_value = theta.detach(), temperature.detach().unsqueeze(-1)
+        tempered = log_sample(theta_value, tau_value, torch.zeros_like(theta_value), masked, theta.dtype)
         log_pi1 = torch.log((hard + tempered.exp()) / 2)
     pi1 = torch.softmax(theta + (log_pi1 - theta.detach()), -1)
     pi0 = torch.softmax(theta, -1)
@@ -235,7 +243,8 @@ def sample_one_hot(
         return _straight_through(hard, floored_exp(y, masked))
     # Gumbel-Rao: k draws of the noise given D, the first of which decides D.
     rows = theta.expand(shape).reshape(-1, num_categories)
-    index, soft = gumbel_rao_soft_mean(rows, tau.expand(shape[:-1] + (1,)).reshape(-1, 1), draws)
+    rows_masked = None if masked is None else masked.expand(shape).reshape(-1, num_categories)
+    index, soft = gumbel_rao_soft_mean(rows, tau.expand(shape[:-1] + (1,)).reshape(-1, 1), draws, rows_masked)
     return _straight_through(_one_hot(index, num_categories, out_dtype).view(shape), soft.view(shape))
 
 
@@ -284,9 +293,9 @@ def _binary_reinmax_surrogate(
     in value: ReinMax with logits ``(θ, 0)``. With ``r = sigmoid(-s θ / τ)`` (``s = ±1`` the
     outcome's sign), ``logit π1 = s (log(1 - r/2) - log(r/2))``, without cancellation."""
     safe = torch.where(certain, 0.0, logits)
-    with torch.no_grad():
+    with torch.no_grad():  # and detached: no_grad does not stop forward-mode tangents
         sign = positive.to(logits.dtype) * 2 - 1
-        r = torch.sigmoid(-sign * logits / temperature)
+        r = torch.sigmoid(-sign * logits.detach() / temperature.detach())
         pi1_logit = sign * (torch.log1p(-r / 2) - torch.log(r / 2))
     surrogate = 2 * torch.sigmoid(safe + (pi1_logit - safe.detach())) - torch.sigmoid(safe) / 2
     return torch.where(certain, 0.0, surrogate)
