@@ -198,3 +198,14 @@ def display_path(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    """``"4096x64"`` to ``(4096, 64)``: an argparse ``type`` for the scripts' ``--shapes``."""
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must look like 4096x64, got {text!r}") from None
+    if n < 1 or k < 2:
+        raise argparse.ArgumentTypeError(f"need N >= 1 and K >= 2, got {text!r}")
+    return n, k

@@ -58,6 +58,7 @@ from _common import (
     display_path,
     environment_lines,
     format_table,
+    parse_shape,
     resolve_device,
     synchronizer,
     write_csv,
@@ -175,17 +176,6 @@ def _floor_work(draws: int) -> Callable:
             kept.append(draw_log_uniform(shape, logits.dtype, logits.device).neg_().log_().exp_())
 
     return work
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    rows, _, categories = text.lower().partition("x")
-    try:
-        shape = int(rows), int(categories)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a shape is ROWSxCATEGORIES, like 4096x64; got {text!r}") from None
-    if min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"a shape's sizes are positive; got {text!r}")
-    return shape
 
 
 def cost_rows(shapes, rao_samples: int, temperature: float, repeats: int, seed: int, device: torch.device):

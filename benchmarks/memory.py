@@ -61,7 +61,7 @@ from pathlib import Path
 import pyro.distributions as pyro_dist
 import torch
 import torch.nn.functional as F
-from _common import RESULTS_DIR, display_path, environment_lines, format_table, write_csv
+from _common import RESULTS_DIR, display_path, environment_lines, format_table, parse_shape, write_csv
 from torch.distributions import RelaxedOneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from tqdm import tqdm
@@ -382,16 +382,6 @@ def run_shape(n: int, k: int, args: argparse.Namespace, device: torch.device, pr
         results.append(result)
         progress.update(1)
     return results
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 4096x64, got {text!r}") from None
-    if n < 1 or k < 2:
-        raise argparse.ArgumentTypeError(f"need N >= 1 and K >= 2, got {text!r}")
-    return n, k
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

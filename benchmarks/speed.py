@@ -57,6 +57,7 @@ from _common import (
     display_path,
     environment_lines,
     format_table,
+    parse_shape,
     resolve_device,
     synchronizer,
     write_csv,
@@ -292,16 +293,6 @@ def median_ms(task: Task) -> float:
 def relative_iqr(task: Task) -> float:
     q1, _, q3 = statistics.quantiles(task.times, n=4)
     return (q3 - q1) / statistics.median(task.times)
-
-
-def parse_shape(text: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must look like 4096x64, got {text!r}") from None
-    if n < 1 or k < 2:
-        raise argparse.ArgumentTypeError(f"need N >= 1 and K >= 2, got {text!r}")
-    return n, k
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
