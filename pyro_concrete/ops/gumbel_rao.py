@@ -143,23 +143,29 @@ def _eager(*tensors: Tensor) -> bool:
     return all(forward_ad.unpack_dual(t).tangent is None for t in tensors)
 
 
-def _negated_log_ratios(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(q_first, q_rest, D)`` for one block of rows: ``q = -ℓ >= 0`` (the module docstring;
-    0 at ``D``) of the first draw, shape ``(rows, 1, K)``, and of the ``draws - 1`` others,
-    ``(rows, draws - 1, K)``, each in a buffer of its own (in-place passes over a contiguous
-    buffer are up to twice as fast as over a slice of one), and the Gumbel-max index ``D`` of
-    shape ``(rows, 1)``, decided by the first draw. Without gradient; ``theta`` is
-    ``(rows, K)``, shifted."""
+def _first_draw_and_others(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The random part of a block of rows, shared by both paths: ``(x, D, log_u)`` with
+    ``x = θ + G`` the first draw's perturbed logits, shape ``(rows, 1, K)`` (``G = -log(-log
+    u)``), ``D`` its argmax, shape ``(rows, 1)``, and ``log u`` of the ``draws - 1`` others,
+    ``(rows, draws - 1, K)``. Each in a buffer of its own: in-place passes over a contiguous
+    buffer are up to twice as fast as over a slice of one."""
     rows, num_categories = theta.shape
     log_u_first = draw_log_uniform(torch.Size([rows, 1, num_categories]), theta.dtype, theta.device)
     log_u = draw_log_uniform(torch.Size([rows, draws - 1, num_categories]), theta.dtype, theta.device)
-    # The first draw: θ + G with G = -log(-log u); D is its argmax; q = x_D - x >= 0.
     perturbed = theta.unsqueeze(-2) - torch.log(-log_u_first)
-    index = perturbed.argmax(-1)
-    first = perturbed.gather(-1, index.unsqueeze(-1)) - perturbed
+    return perturbed, perturbed.argmax(-1), log_u
+
+
+def _negated_log_ratios(theta: Tensor, draws: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(q_first, q_rest, D)`` for one block of rows: ``q = -ℓ >= 0`` (the module docstring;
+    0 at ``D``) of the first draw, shape ``(rows, 1, K)``, and of the ``draws - 1`` others,
+    ``(rows, draws - 1, K)``, and the Gumbel-max index ``D`` of shape ``(rows, 1)``, decided by
+    the first draw. Without gradient; ``theta`` is ``(rows, K)``, shifted."""
+    perturbed, index, log_u = _first_draw_and_others(theta, draws)
+    first = perturbed.gather(-1, index.unsqueeze(-1)) - perturbed  # x_D - x >= 0
     # The others, given D: q = log(1/p) + log(p + E / E_D), and 0 at D.
     p, log_inv_p = _row_constants(theta.unsqueeze(-2))
-    at_d = index.unsqueeze(-1).expand(rows, draws - 1, 1)
+    at_d = index.unsqueeze(-1).expand(log_u.shape[:-1] + (1,))
     rest = (log_u / log_u.gather(-1, at_d) + p).log() + log_inv_p
     return first, rest.scatter(-1, at_d, 0.0), index
 
@@ -171,16 +177,12 @@ def _unnormalised_soft_samples(
     ``([e_first, n_first, e_rest, n_rest], D)`` with ``e = exp(ℓ / τ)`` (1 at ``D``) and its
     row sums ``n >= 1``, so that the soft samples are ``e / n``. ``tau``: ``(rows, 1, 1)``;
     ``masked``: ``(rows, 1, K)`` or None."""
-    rows, num_categories = theta.shape
-    log_u_first = draw_log_uniform(torch.Size([rows, 1, num_categories]), theta.dtype, theta.device)
-    log_u = draw_log_uniform(torch.Size([rows, draws - 1, num_categories]), theta.dtype, theta.device)
-    perturbed = theta.unsqueeze(-2) - torch.log(-log_u_first)
-    index = perturbed.argmax(-1)
+    perturbed, index, log_u = _first_draw_and_others(theta, draws)
     first = perturbed.sub_(perturbed.gather(-1, index.unsqueeze(-1))).div_(tau).exp_()
     if masked is not None:
         first.masked_fill_(masked, 0.0)
     p, log_inv_p = _row_constants(theta.unsqueeze(-2))
-    at_d = index.unsqueeze(-1).expand(rows, draws - 1, 1)
+    at_d = index.unsqueeze(-1).expand(log_u.shape[:-1] + (1,))
     log_u.div_(log_u.gather(-1, at_d)).add_(p).log_()
     # ℓ / τ = -(log(1/p) + log(p + E / E_D)) / τ in one pass (a masked category: -inf).
     torch.addcmul(log_inv_p.div(-tau), log_u, tau.reciprocal().neg_(), out=log_u)
