@@ -209,3 +209,22 @@ def parse_shape(text: str) -> tuple[int, int]:
     if n < 1 or k < 2:
         raise argparse.ArgumentTypeError(f"need N >= 1 and K >= 2, got {text!r}")
     return n, k
+
+
+def add_shapes_argument(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    default: Sequence[tuple[int, int]],
+    flag: str = "--shapes",
+    help: str = "sample shapes (N rows of K categories)",
+) -> None:
+    """A ``--shapes NxK [NxK ...]`` option; read it back with :func:`resolve_shapes` (argparse
+    converts a list default with ``type`` only where it is given as strings, as here, so
+    that the help shows ``4096x64``)."""
+    parser.add_argument(
+        flag, type=parse_shape, nargs="+", default=[f"{n}x{k}" for n, k in default], metavar="NxK", help=help
+    )
+
+
+def resolve_shapes(values: Sequence[str | tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``(N, K)`` pairs of a :func:`add_shapes_argument` option (its default is strings)."""
+    return [parse_shape(v) if isinstance(v, str) else v for v in values]

@@ -54,21 +54,24 @@ import torch
 from _common import (
     RESULTS_DIR,
     add_device_argument,
+    add_shapes_argument,
     device_name,
     display_path,
     environment_lines,
     format_table,
-    parse_shape,
     resolve_device,
+    resolve_shapes,
     synchronizer,
     write_csv,
 )
 from tqdm import tqdm
 
 import pyro_concrete
-from pyro_concrete.ops.gumbel_rao import BLOCK_ELEMENTS, draw_log_uniform
+from pyro_concrete.ops.gumbel_rao import _blocks as row_blocks
+from pyro_concrete.ops.gumbel_rao import draw_log_uniform
 
 TEMPERATURES = (0.1, 0.5, 1.0, 2.0)
+COST_SHAPES = ((4096, 64), (1024, 1000))
 
 
 def make_problem(
@@ -163,16 +166,15 @@ def _floor_work(draws: int) -> Callable:
     """The work of the ``k - 1`` draws beyond the one an ST step makes itself, which no
     implementation avoids: a uniform number per element and draw, two logarithms and one
     exponential of each, kept (as the backward pass needs them). In place, in blocks of rows
-    of ``BLOCK_ELEMENTS`` numbers as the kernel draws them: the cheapest way to do it. The
+    of about ``BLOCK_ELEMENTS`` numbers as the kernel draws them: the cheapest way to do it. The
     backward pass's products over the kept draws are not counted."""
     draws = draws - 1
 
     def work(logits: torch.Tensor, weights: torch.Tensor) -> None:
         rows, categories = logits.shape
-        per_block = max(1, BLOCK_ELEMENTS // (draws * categories))
         kept = []
-        for start in range(0, rows, per_block):
-            shape = torch.Size([min(per_block, rows - start), draws, categories])
+        for start, stop in row_blocks(rows, draws, categories):  # the kernel's own blocks
+            shape = torch.Size([stop - start, draws, categories])
             kept.append(draw_log_uniform(shape, logits.dtype, logits.device).neg_().log_().exp_())
 
     return work
@@ -276,13 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cost = parser.add_argument_group("the cost of a step")
     cost.add_argument("--cost-only", action="store_true", help="only the cost table")
     cost.add_argument("--no-cost", action="store_true", help="no cost table")
-    cost.add_argument(
-        "--cost-shapes",
-        type=parse_shape,
-        nargs="+",
-        default=[(4096, 64), (1024, 1000)],
-        help="ROWSxCATEGORIES",
-    )
+    add_shapes_argument(cost, COST_SHAPES, "--cost-shapes", "shapes of the cost table (N rows, K categories)")
     cost.add_argument("--rao-samples", type=int, default=10, help="k of the Gumbel-Rao row")
     cost.add_argument("--cost-temperature", type=float, default=0.5, help="temperature of every step")
     cost.add_argument("--cost-repeats", type=int, default=31, help="timed rounds per shape (median)")
@@ -293,6 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_device_argument(parser)
     args = parser.parse_args(argv)
     args.device = resolve_device(parser, args.device)
+    args.cost_shapes = resolve_shapes(args.cost_shapes)
     if args.device.type != "cpu":  # the CPU's results are not overwritten
         for name in ("csv", "cost_csv"):
             path = Path(getattr(args, name))

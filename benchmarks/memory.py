@@ -61,7 +61,16 @@ from pathlib import Path
 import pyro.distributions as pyro_dist
 import torch
 import torch.nn.functional as F
-from _common import RESULTS_DIR, display_path, environment_lines, format_table, parse_shape, write_csv
+from _common import (
+    RESULTS_DIR,
+    add_shapes_argument,
+    display_path,
+    environment_lines,
+    format_table,
+    parse_shape,
+    resolve_shapes,
+    write_csv,
+)
 from torch.distributions import RelaxedOneHotCategorical
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from tqdm import tqdm
@@ -388,14 +397,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--shapes",
-        type=parse_shape,
-        nargs="+",
-        default=[f"{n}x{k}" for n, k in SHAPES],
-        metavar="NxK",
-        help="sample shapes (N rows of K categories)",
-    )
+    add_shapes_argument(parser, SHAPES)
     parser.add_argument(
         "--device", default="cpu", help="cpu (profiler accounting) or cuda (allocator statistics)"
     )
@@ -420,7 +422,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--worker", nargs=2, metavar=("CONTENDER", "NxK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]  # the defaults
+    args.shapes = resolve_shapes(args.shapes)
     if args.temperature <= 0 or args.max_gib <= 0:
         parser.error("need --temperature > 0 and --max-gib > 0")
     device = torch.device(args.device)

@@ -53,12 +53,13 @@ import torch.nn.functional as F
 from _common import (
     RESULTS_DIR,
     add_device_argument,
+    add_shapes_argument,
     device_name,
     display_path,
     environment_lines,
     format_table,
-    parse_shape,
     resolve_device,
+    resolve_shapes,
     synchronizer,
     write_csv,
 )
@@ -299,14 +300,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument(
-        "--shapes",
-        type=parse_shape,
-        nargs="+",
-        default=[f"{n}x{k}" for n, k in SHAPES],
-        metavar="NxK",
-        help="sample shapes (N rows of K categories)",
-    )
+    add_shapes_argument(parser, SHAPES)
     parser.add_argument("--repeats", type=int, default=200, help="timed rounds per shape (median over these)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed rounds per shape")
     parser.add_argument(
@@ -330,7 +324,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.csv is None:
         suffix = "" if args.device.type == "cpu" else f"_{args.device.type}"
         args.csv = str(RESULTS_DIR / f"speed{suffix}.csv")
-    args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]  # the defaults
+    args.shapes = resolve_shapes(args.shapes)
     if args.repeats < 3 or args.warmup < 1 or args.temperature <= 0:
         parser.error("need --repeats >= 3, --warmup >= 1 and --temperature > 0")
     return args
